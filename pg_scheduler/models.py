@@ -1,0 +1,233 @@
+"""Declarative models of the job state, built per (table prefix, schema).
+
+``build_models(names)`` creates a private ``DeclarativeBase`` with its own ``MetaData`` for each
+``Names``, so several installations can live in one process and the host application's ``Base`` never
+sees (or ``create_all``s) our tables. The ``TablePrefixMixin`` derives every table name from the
+``Names`` bound to that base. The schema itself is installed by the Alembic revisions, never by
+``create_all``; tests prove the two agree, catalog entry by catalog entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+from .naming import Names
+
+TIMESTAMP = sa.DateTime(timezone=True)
+
+
+class TablePrefixMixin:
+    """Names a model's table ``{prefix}{__table_basename__}`` from the ``Names`` of its base."""
+
+    __names__: ClassVar[Names]
+    __table_basename__: ClassVar[str]
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return f"{cls.__names__.prefix}{cls.__table_basename__}"
+
+
+class ScheduledJobRow(TablePrefixMixin):
+    """One recurring job (key = its name) or one one-time run request (key = ``name#<uuid>``)."""
+
+    __table_basename__ = "scheduled_jobs"
+
+    key: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    job_type: Mapped[str] = mapped_column(sa.Text)
+    cron: Mapped[str | None] = mapped_column(sa.Text)
+    timezone: Mapped[str] = mapped_column(sa.Text, server_default="UTC")
+    misfire: Mapped[str] = mapped_column(sa.Text, server_default="coalesce")
+    misfire_grace: Mapped[dt.timedelta] = mapped_column(
+        sa.Interval, server_default=sa.text("'00:01:00'::interval")
+    )
+    params: Mapped[Any | None] = mapped_column(postgresql.JSONB(none_as_null=True))
+    status: Mapped[str] = mapped_column(sa.Text, server_default="pending")
+    # When the next attempt may start (a tick, a run_at, or a retry after backoff).
+    next_run: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    # The tick (or requested run time) the pending/running attempt belongs to; retries keep it.
+    scheduled_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    # Attempts made for the current tick (recurring) or run request (one-time); 1-based once claimed.
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    # retries = N allows N + 1 attempts.
+    max_retries: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(postgresql.UUID(as_uuid=True))
+    node_id: Mapped[str | None] = mapped_column(sa.Text)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    last_run_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    consecutive_failures: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # BIGINT: the original's int4 milliseconds overflowed after 24.8 days.
+    execution_time_ms: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        n = cls.__names__
+        return (
+            sa.PrimaryKeyConstraint("key", name=n.job("pkey")),
+            sa.CheckConstraint(
+                "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
+                name=n.job("status_ck"),
+            ),
+            sa.CheckConstraint("job_type IN ('recurring', 'one_time')", name=n.job("job_type_ck")),
+            sa.CheckConstraint("misfire IN ('coalesce', 'skip', 'all')", name=n.job("misfire_ck")),
+            # running <=> a lease is held; a running row also names its node and last heartbeat.
+            sa.CheckConstraint(
+                "((status = 'running') = (lease_id IS NOT NULL)) AND "
+                "(status <> 'running' OR (node_id IS NOT NULL AND heartbeat_at IS NOT NULL))",
+                name=n.job("lease_ck"),
+            ),
+            sa.CheckConstraint(
+                "(job_type = 'recurring') = (cron IS NOT NULL)", name=n.job("cron_ck")
+            ),
+            sa.CheckConstraint(
+                "status <> 'pending' OR (next_run IS NOT NULL AND scheduled_at IS NOT NULL)",
+                name=n.job("next_run_ck"),
+            ),
+            sa.CheckConstraint(
+                "attempt >= 0 AND max_retries >= 0 AND consecutive_failures >= 0",
+                name=n.job("counts_ck"),
+            ),
+            sa.CheckConstraint("char_length(name) BETWEEN 1 AND 200", name=n.job("name_ck")),
+            # Serves the claim: the few due rows among many pending ones, in due order.
+            sa.Index(
+                n.job("due_ix"), "next_run", postgresql_where=sa.text("status = 'pending'")
+            ),
+            # Serves the stall rescue: only running rows, by heartbeat age.
+            sa.Index(
+                n.job("running_ix"),
+                "heartbeat_at",
+                postgresql_where=sa.text("status = 'running'"),
+            ),
+            # Serves retention cleanup of finished one-time jobs.
+            sa.Index(
+                n.job("finished_ix"),
+                "finished_at",
+                postgresql_where=sa.text("status IN ('completed', 'failed', 'cancelled')"),
+            ),
+            sa.Index(n.job("name_ix"), "name"),
+        )
+
+
+class JobRunRow(TablePrefixMixin):
+    """One attempt of one job: the durable record of every tick that ran, and the history."""
+
+    __table_basename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    job_key: Mapped[str] = mapped_column(sa.Text)
+    name: Mapped[str] = mapped_column(sa.Text)
+    scheduled_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP)
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    node_id: Mapped[str] = mapped_column(sa.Text)
+    lease_id: Mapped[uuid.UUID] = mapped_column(postgresql.UUID(as_uuid=True))
+    status: Mapped[str] = mapped_column(sa.Text, server_default="running")
+    started_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+    duration_ms: Mapped[int | None] = mapped_column(sa.BigInteger)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        n = cls.__names__
+        return (
+            sa.PrimaryKeyConstraint("id", name=n.run("pkey")),
+            sa.CheckConstraint(
+                "status IN ('running', 'completed', 'failed', 'cancelled', 'skipped', 'lost', "
+                "'released')",
+                name=n.run("status_ck"),
+            ),
+            sa.UniqueConstraint("lease_id", name=n.run("lease_uq")),
+            # Tick identity is data: the same attempt of the same tick can be recorded only once,
+            # whatever the nodes believe.
+            sa.UniqueConstraint("job_key", "scheduled_at", "attempt", name=n.run("tick_uq")),
+            sa.Index(n.run("job_key_ix"), "job_key", "id"),
+            sa.Index(n.run("finished_ix"), "finished_at"),
+        )
+
+
+class NodeRow(TablePrefixMixin):
+    """One scheduler process, live or recently stopped, and the job names it registered."""
+
+    __table_basename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    node_name: Mapped[str] = mapped_column(sa.Text)
+    hostname: Mapped[str] = mapped_column(sa.Text)
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    job_names: Mapped[list[str]] = mapped_column(
+        postgresql.ARRAY(sa.Text), server_default=sa.text("'{}'::text[]")
+    )
+    started_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        n = cls.__names__
+        return (
+            sa.PrimaryKeyConstraint("node_id", name=n.node("pkey")),
+            sa.Index(n.node("last_seen_ix"), "last_seen_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Models:
+    """The mapped classes and tables of one installation."""
+
+    names: Names
+    metadata: sa.MetaData
+    ScheduledJob: type[ScheduledJobRow]
+    JobRun: type[JobRunRow]
+    Node: type[NodeRow]
+
+    @property
+    def jobs(self) -> sa.Table:
+        return cast(sa.Table, self.ScheduledJob.__table__)  # type: ignore[attr-defined]
+
+    @property
+    def runs(self) -> sa.Table:
+        return cast(sa.Table, self.JobRun.__table__)  # type: ignore[attr-defined]
+
+    @property
+    def nodes(self) -> sa.Table:
+        return cast(sa.Table, self.Node.__table__)  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=None)
+def build_models(names: Names) -> Models:
+    """The models for ``names``; cached, because a table can be mapped only once per MetaData."""
+    metadata = sa.MetaData(schema=names.schema)
+    base = cast(
+        "type[DeclarativeBase]",
+        type(
+            "PgSchedulerBase",
+            (DeclarativeBase,),
+            {"metadata": metadata, "__abstract__": True, "__names__": names},
+        ),
+    )
+
+    def mapped(mixin: type[Any], cls_name: str) -> Any:
+        return type(cls_name, (mixin, base), {"__module__": __name__})
+
+    return Models(
+        names=names,
+        metadata=metadata,
+        ScheduledJob=mapped(ScheduledJobRow, "ScheduledJob"),
+        JobRun=mapped(JobRunRow, "JobRun"),
+        Node=mapped(NodeRow, "Node"),
+    )
