@@ -58,11 +58,14 @@ def _migrate(conn: sa.Connection) -> None:
     # The version table is created before any revision runs, so its schema must exist first.
     # Probe before creating: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database, which a
     # least-privilege role lacks even when the schema is already there.
-    if names.schema and not conn.execute(
-        sa.select(sa.literal(1)).where(sa.column("nspname") == names.schema).select_from(
-            sa.table("pg_namespace", schema="pg_catalog")
-        )
-    ).first():
+    if (
+        names.schema
+        and not conn.execute(
+            sa.select(sa.literal(1))
+            .where(sa.column("nspname") == names.schema)
+            .select_from(sa.table("pg_namespace", schema="pg_catalog"))
+        ).first()
+    ):
         conn.execute(sa.schema.CreateSchema(names.schema))
     _configure(connection=conn)
     with context.begin_transaction():

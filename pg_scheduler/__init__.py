@@ -1,10 +1,44 @@
-"""pg_scheduler: a PostgreSQL-backed cron and one-time job scheduler for SQLAlchemy applications."""
+"""pg_scheduler: a PostgreSQL-backed cron and one-time job scheduler for SQLAlchemy applications.
+
+Recurring jobs run at most once per tick across every node; one-time jobs carry JSON parameters and
+retry automatically; leases with heartbeats hand a crashed node's jobs to another node. State lives
+in your PostgreSQL, next to your data, installed by Alembic migrations.
+"""
 
 from __future__ import annotations
 
 from . import errors, migrations
+from .config import RetryBackoff, SchedulerConfig
+from .cron import CronSchedule
 from .errors import PgSchedulerError
+from .jobs import FunctionJob, Job, JobCancelled, JobConfig, JobContext
 from .naming import Names
+from .records import JobRecord, NodeRecord, RunRecord
+from .repository import CancelResult, JobRepository
+from .scheduler import Scheduler
+from .states import JobStatus, JobType, RunStatus
 
-__all__ = ["Names", "PgSchedulerError", "errors", "migrations"]
+__all__ = [
+    "CancelResult",
+    "CronSchedule",
+    "FunctionJob",
+    "Job",
+    "JobCancelled",
+    "JobConfig",
+    "JobContext",
+    "JobRecord",
+    "JobRepository",
+    "JobStatus",
+    "JobType",
+    "Names",
+    "NodeRecord",
+    "PgSchedulerError",
+    "RetryBackoff",
+    "RunRecord",
+    "RunStatus",
+    "Scheduler",
+    "SchedulerConfig",
+    "errors",
+    "migrations",
+]
 __version__ = "0.1.0"

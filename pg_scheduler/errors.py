@@ -48,7 +48,9 @@ class InvalidTimezoneError(ConfigError):
 
     def __init__(self, timezone: str) -> None:
         self.timezone = timezone
-        super().__init__(f"unknown time zone {timezone!r}: expected an IANA name such as 'Europe/Berlin'")
+        super().__init__(
+            f"unknown time zone {timezone!r}: expected an IANA name such as 'Europe/Berlin'"
+        )
 
 
 class RegistrationError(PgSchedulerError):
@@ -104,6 +106,10 @@ class SchemaVersionMismatchError(SchemaError):
 
 class MigrationError(SchemaError):
     """A schema migration failed."""
+
+
+class DatabaseUnavailableError(PgSchedulerError):
+    """The database could not be reached."""
 
 
 class SchedulerStateError(PgSchedulerError, RuntimeError):

@@ -104,9 +104,7 @@ class ScheduledJobRow(TablePrefixMixin):
             ),
             sa.CheckConstraint("char_length(name) BETWEEN 1 AND 200", name=n.job("name_ck")),
             # Serves the claim: the few due rows among many pending ones, in due order.
-            sa.Index(
-                n.job("due_ix"), "next_run", postgresql_where=sa.text("status = 'pending'")
-            ),
+            sa.Index(n.job("due_ix"), "next_run", postgresql_where=sa.text("status = 'pending'")),
             # Serves the stall rescue: only running rows, by heartbeat age.
             sa.Index(
                 n.job("running_ix"),
@@ -208,7 +206,7 @@ class Models:
         return cast(sa.Table, self.Node.__table__)  # type: ignore[attr-defined]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_models(names: Names) -> Models:
     """The models for ``names``; cached, because a table can be mapped only once per MetaData."""
     metadata = sa.MetaData(schema=names.schema)

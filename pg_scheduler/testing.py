@@ -22,13 +22,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import sqlalchemy as sa
 
 from . import migrations
-from .embedded import EmbeddedPostgres, driver_url
+from .embedded import Driver, EmbeddedPostgres, driver_url
 from .naming import Names
 
 T = TypeVar("T")
@@ -51,8 +51,10 @@ class TestServer:
     def url_for(self, driver: str) -> str:
         if self.embedded is not None:
             return self.embedded.url_for(driver)
-        return sa.make_url(self.url).set(drivername=f"postgresql+{driver}").render_as_string(
-            hide_password=False
+        return (
+            sa.make_url(self.url)
+            .set(drivername=f"postgresql+{driver}")
+            .render_as_string(hide_password=False)
         )
 
 
@@ -73,13 +75,13 @@ def wait_until(
         time.sleep(interval)
 
 
-def test_driver() -> str:
+def test_driver() -> Driver:
     driver = os.environ.get("PG_SCHEDULER_TEST_DRIVER", "psycopg")
     if driver not in DRIVERS:
         raise pytest.UsageError(
             f"PG_SCHEDULER_TEST_DRIVER={driver!r}: expected one of {', '.join(DRIVERS)}"
         )
-    return driver
+    return cast(Driver, driver)
 
 
 def _with_driver(url: str, driver: str | None) -> str:
@@ -109,7 +111,9 @@ def _testcontainers(driver: str) -> tuple[str, Callable[[], None]]:
     try:
         container.start()
     except Exception as exc:  # docker.errors.DockerException and friends
-        pytest.skip(f"testcontainers backend: no Docker engine available ({exc.__class__.__name__})")
+        pytest.skip(
+            f"testcontainers backend: no Docker engine available ({exc.__class__.__name__})"
+        )
     return container.get_connection_url(), container.stop
 
 
@@ -181,7 +185,9 @@ def pg_scheduler_names() -> Names:
 
 
 @pytest.fixture
-def pg_scheduler_installed(pg_scheduler_engine: sa.Engine, pg_scheduler_names: Names) -> Iterator[Names]:
+def pg_scheduler_installed(
+    pg_scheduler_engine: sa.Engine, pg_scheduler_names: Names
+) -> Iterator[Names]:
     """``pg_scheduler_names`` with the schema installed by the migrations (dropped afterwards)."""
     migrations.upgrade(pg_scheduler_engine, names=pg_scheduler_names)
     yield pg_scheduler_names

@@ -1,0 +1,212 @@
+"""What a job is: ``Job`` (code), ``JobConfig`` (name, schedule, retries) and ``JobContext``.
+
+A job class implements ``run(ctx)`` and, optionally, ``init(ctx)`` and ``shutdown(ctx)``, which run
+before and after *every* run (as in the original). Any of them may be ``async def``. Plain functions
+become jobs through the scheduler's decorators (``@scheduler.recurring``, ``@scheduler.one_time``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cron import MISFIRE_POLICIES, CronSchedule, MisfirePolicy
+from .errors import ConfigError
+from .naming import validate_job_name
+from .params import encode_params
+from .states import JobType
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A job's name and how it runs. Build one with ``JobConfig.recurring`` or ``.one_time``."""
+
+    name: str
+    job_type: JobType
+    schedule: CronSchedule | None = None
+    params: Any = None
+    retries: int = 0
+    misfire: MisfirePolicy = "coalesce"
+    misfire_grace: dt.timedelta = dt.timedelta(minutes=1)
+    run_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        validate_job_name(self.name)
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"retries must be a non-negative integer, got {self.retries!r}")
+        if self.misfire not in MISFIRE_POLICIES:
+            raise ConfigError(
+                f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {self.misfire!r}"
+            )
+        if not isinstance(self.misfire_grace, dt.timedelta) or self.misfire_grace < dt.timedelta(0):
+            raise ConfigError(
+                f"misfire_grace must be a non-negative timedelta, got {self.misfire_grace!r}"
+            )
+        if self.run_at is not None and (
+            not isinstance(self.run_at, dt.datetime) or self.run_at.tzinfo is None
+        ):
+            raise ConfigError(
+                f"run_at must be a timezone-aware datetime, got {self.run_at!r} "
+                "(naive times are read differently by different drivers)"
+            )
+        if self.job_type is JobType.RECURRING and self.schedule is None:
+            raise ConfigError(f"recurring job {self.name!r} needs a cron schedule")
+        if self.job_type is JobType.ONE_TIME:
+            encode_params(self.params)  # refuse unserialisable parameters now, not at enqueue
+
+    @classmethod
+    def recurring(
+        cls,
+        name: str,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        retries: int = 0,
+        misfire: MisfirePolicy = "coalesce",
+        misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> JobConfig:
+        """A job that runs at every tick of ``cron`` (5 fields; 6 with seconds first; ``@daily``…),
+        evaluated in ``timezone``, at most once per tick across all nodes.
+
+        ``retries`` are attempts within one tick; after the last one the job waits for its next
+        tick. ``misfire`` says what to do with ticks missed while no node ran: ``coalesce`` (run
+        once, then the next future tick), ``skip`` (drop ticks later than ``misfire_grace``) or
+        ``all`` (run each missed tick, those within ``misfire_grace`` of now).
+        """
+        return cls(
+            name=name,
+            job_type=JobType.RECURRING,
+            schedule=CronSchedule.parse(cron, timezone),
+            retries=retries,
+            misfire=misfire,
+            misfire_grace=misfire_grace,
+        )
+
+    @classmethod
+    def one_time(
+        cls,
+        name: str,
+        params: Any = None,
+        *,
+        retries: int = 0,
+        run_at: dt.datetime | None = None,
+    ) -> JobConfig:
+        """A job that runs once per ``schedule_job``/``enqueue``, with JSON ``params``, up to
+        ``retries + 1`` attempts, no earlier than ``run_at`` (default: now)."""
+        return cls(
+            name=name, job_type=JobType.ONE_TIME, params=params, retries=retries, run_at=run_at
+        )
+
+    @property
+    def cron(self) -> str | None:
+        return self.schedule.expression if self.schedule else None
+
+    @property
+    def timezone(self) -> str:
+        return self.schedule.timezone if self.schedule else "UTC"
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running job knows about its run.
+
+    ``job_key``, ``attempt`` and ``scheduled_at`` identify the run: use them as idempotency keys,
+    since a job may run again after a crash (execution is at-least-once).
+    """
+
+    params: Any
+    job_name: str
+    job_key: str
+    attempt: int
+    scheduled_at: dt.datetime
+    node_id: str
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+    max_retries: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set when the run should stop: shutdown, a lost lease, or ``cancel_job``."""
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` if the run was asked to stop."""
+        if self.cancelled.is_set():
+            raise JobCancelled(self.job_key)
+
+
+class JobCancelled(Exception):
+    """Raised by ``JobContext.raise_if_cancelled`` when the run was asked to stop."""
+
+
+Hook = Callable[[JobContext], Any]
+
+
+class Job:
+    """Base class of jobs: override ``run`` (and optionally ``init``/``shutdown``)."""
+
+    def __init__(self, config: JobConfig) -> None:
+        if not isinstance(config, JobConfig):
+            raise ConfigError(f"a Job needs a JobConfig, got {type(config).__name__}")
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def init(self, ctx: JobContext) -> Any:
+        """Called before each run; an exception fails the attempt."""
+
+    def run(self, ctx: JobContext) -> Any:
+        """The job's work. Raise to fail the attempt (it is retried while retries remain)."""
+        raise NotImplementedError(f"{type(self).__name__}.run(ctx) is not implemented")
+
+    def shutdown(self, ctx: JobContext) -> Any:
+        """Called after each run whatever its outcome; an exception here is logged, and does not
+        turn a success into a failure."""
+
+    @property
+    def is_async(self) -> bool:
+        return any(_is_async(getattr(self, hook)) for hook in ("init", "run", "shutdown"))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class FunctionJob(Job):
+    """A job whose ``run`` is a plain function ``fn(ctx)`` (sync or ``async def``)."""
+
+    def __init__(self, config: JobConfig, fn: Callable[[JobContext], Any]) -> None:
+        super().__init__(config)
+        if not callable(fn):
+            raise ConfigError(f"job {config.name!r}: {fn!r} is not callable")
+        self.fn = fn
+        if _is_async(fn):
+            self.run = self._run_async  # type: ignore[method-assign]
+
+    def run(self, ctx: JobContext) -> Any:
+        return self.fn(ctx)
+
+    async def _run_async(self, ctx: JobContext) -> Any:
+        result = self.fn(ctx)
+        if isinstance(result, Awaitable):
+            return await result
+        return result
+
+    def __repr__(self) -> str:
+        return f"<FunctionJob {self.name!r} {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+
+def is_coroutine_result(value: Any) -> bool:
+    return asyncio.iscoroutine(value) or inspect.isawaitable(value)

@@ -1,0 +1,155 @@
+"""LISTEN/NOTIFY wake-ups: a thread that listens on a dedicated connection and wakes the poller.
+
+A notification is only a hint (it is lost while the listener is disconnected, and never arrives
+through PgBouncer's transaction pooling), so the poller also wakes on its own timer; after every
+(re)connection the listener wakes it once, to cover whatever was missed.
+
+Each driver waits differently: psycopg 3 has ``notifies(timeout=…)``, psycopg2 ``select`` + ``poll``;
+pg8000 only sees notifications when it reads from the socket, so it sends a cheap ``SELECT 1`` once
+a second. Unknown drivers fall back to polling alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_DRIVERS = ("psycopg", "psycopg2", "pg8000")
+WAIT_SECONDS = 0.5
+PG8000_POLL_SECONDS = 1.0
+
+
+class Listener:
+    """Listens on ``channel`` and calls ``on_notify(payload)`` for each notification."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        channel: str,
+        on_notify: Callable[[str], None],
+        *,
+        log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+        application_name: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.on_notify = on_notify
+        self.log = log
+        self.driver = engine.dialect.driver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+        self.connected = threading.Event()
+
+    @property
+    def supported(self) -> bool:
+        return self.driver in SUPPORTED_DRIVERS
+
+    def start(self) -> None:
+        if not self.supported:
+            self.log.info(
+                "driver %s has no LISTEN support here; polling only",
+                self.driver,
+                extra={"event": "notify.unsupported"},
+            )
+            return
+        self._thread = threading.Thread(
+            target=self._loop, name="pg_scheduler-listener", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * PG8000_POLL_SECONDS)
+        self._close()
+
+    def _listen_sql(self) -> str:
+        # LISTEN takes an identifier, not a bind parameter, so this is the one statement built as
+        # text; the channel comes from validated names and is quoted by the dialect's preparer.
+        return "LISTEN " + self.engine.dialect.identifier_preparer.quote_identifier(self.channel)
+
+    def _connect(self) -> Any:
+        fairy = self.engine.raw_connection()
+        driver_conn: Any = fairy.driver_connection
+        # Detached: a LISTENing connection must never go back to the pool for someone else.
+        fairy.detach()
+        if self.driver == "psycopg2":
+            driver_conn.set_session(autocommit=True)
+            with driver_conn.cursor() as cur:
+                cur.execute(self._listen_sql())
+        else:
+            driver_conn.autocommit = True
+            cur = driver_conn.cursor()
+            cur.execute(self._listen_sql())
+            cur.close()
+        return driver_conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._conn = self._connect()
+                self.connected.set()
+                backoff = 0.1
+                self.on_notify("")  # whatever was sent while we were not listening
+                wait = getattr(self, f"_wait_{self.driver}")
+                while not self._stop.is_set():
+                    for payload in wait(self._conn):
+                        self.on_notify(payload)
+            except Exception as exc:
+                self.connected.clear()
+                self._close()
+                if self._stop.is_set():
+                    return
+                self.log.warning(
+                    "LISTEN connection failed (%s); retrying in %.1fs",
+                    _one_line(exc),
+                    backoff,
+                    extra={"event": "notify.reconnect"},
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _wait_psycopg(self, conn: Any) -> list[str]:
+        return [n.payload for n in conn.notifies(timeout=WAIT_SECONDS)]
+
+    def _wait_psycopg2(self, conn: Any) -> list[str]:
+        ready, _, _ = select.select([conn], [], [], WAIT_SECONDS)
+        if not ready:
+            return []
+        conn.poll()
+        payloads = [n.payload for n in conn.notifies]
+        conn.notifies.clear()
+        return payloads
+
+    def _wait_pg8000(self, conn: Any) -> list[str]:
+        if self._stop.wait(PG8000_POLL_SECONDS):
+            return []
+        cur = conn.cursor()
+        cur.execute("SELECT 1")  # reading the reply also reads queued notifications
+        cur.close()
+        payloads = []
+        while conn.notifications:
+            payloads.append(conn.notifications.popleft()[2])
+        return payloads
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

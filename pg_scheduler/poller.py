@@ -1,0 +1,98 @@
+"""The poller: claims due jobs while slots are free, then sleeps until the next known due time.
+
+It wakes early on a NOTIFY (an enqueue, a retry, a rescue) and when one of its own jobs finishes
+(a slot came free). ``job_check_interval`` only bounds the sleep, so a per-second schedule fires on
+time without fast polling, and an idle node sends almost nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+# Wake this long after the next due time so that, by the database clock, the job is due.
+_DUE_MARGIN_SECONDS = 0.001
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One pass: how many jobs were claimed, how many slots were free, and how long until the
+    next known due time (``None``: nothing known; sleep the full check interval)."""
+
+    claimed: int
+    free_slots: int
+    wait_seconds: float | None
+
+
+class Poller:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run_once(self) -> PollResult:
+        """Claim as many due jobs as there are free slots and hand them to the workers."""
+        s = self.scheduler
+        free = s.config.max_concurrent_jobs - len(s.inflight)
+        names = s.registered_names()
+        if free <= 0 or not names:
+            return PollResult(0, max(free, 0), None)
+        with s.transaction() as repo:
+            claimed = repo.claim(s.node_id, names, free)
+            wait: float | None = None
+            if len(claimed) < free:
+                # Not slot-bound: learn when the next job falls due, to sleep exactly that long.
+                db_now, next_run = repo.next_due(names)
+                if next_run is not None:
+                    wait = max(0.0, (next_run - db_now).total_seconds())
+        for job in claimed:
+            s.dispatch(job)
+        return PollResult(len(claimed), free, wait)
+
+    def start(self, *, immediately: bool) -> None:
+        if immediately:
+            self._wake.set()
+        self._thread = threading.Thread(target=self._loop, name="pg_scheduler-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        s = self.scheduler
+        interval = s.config.job_check_interval.total_seconds()
+        self._wake.wait(interval)
+        failures = 0
+        while not self._stop.is_set():
+            # Clear before polling: a wake-up that arrives during the pass is kept for the next.
+            self._wake.clear()
+            try:
+                result = self.run_once()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, interval, 10.0)
+                s.database_error("poll", exc, retry_in=delay)
+                self._wake.wait(delay)
+                continue
+            if result.claimed and result.claimed == result.free_slots:
+                # Slot-bound: more may be due. Poll again when a job finishes and frees a slot.
+                timeout = interval
+            elif result.wait_seconds is not None:
+                timeout = min(interval, result.wait_seconds + _DUE_MARGIN_SECONDS)
+            else:
+                timeout = interval
+            if result.free_slots == 0:
+                timeout = interval
+            self._wake.wait(timeout)

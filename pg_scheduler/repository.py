@@ -1,0 +1,799 @@
+"""``JobRepository``: every statement pg_scheduler runs, one method per state transition.
+
+The repository works inside the caller's ``Session`` and never commits or rolls back: an enqueue
+made through the application's session exists if and only if the application commits. Each
+transition is one statement guarded by the state it expects (``states.TRANSITIONS``) and, out of
+``running``, by the caller's lease, so a writer that lost the race matches no row and learns so
+from the result. Every time comparison uses the database's ``now()``; a node's clock never meets
+another node's. Statements are Core constructs on the model tables with bound parameters: no SQL
+text is ever formatted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from . import states
+from .config import RetryBackoff
+from .cron import CronSchedule, MisfirePolicy, next_run_after
+from .errors import InvalidStateError, JobNotFoundError
+from .models import Models
+from .naming import validate_job_name
+from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
+from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .states import JobStatus, JobType, RunStatus, Transition
+
+#: Error texts are kept, but bounded: a traceback of a deep recursion must not bloat a row.
+MAX_ERROR_LENGTH = 8000
+
+now = sa.func.now
+
+
+@dataclass(frozen=True)
+class RecurringSpec:
+    """What ``upsert_recurring`` needs to know about a recurring job."""
+
+    name: str
+    schedule: CronSchedule
+    retries: int = 0
+    misfire: MisfirePolicy = "coalesce"
+    misfire_grace: dt.timedelta = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class OneTimeSpec:
+    """One run request of a one-time job."""
+
+    name: str
+    params: Any = None
+    retries: int = 0
+    run_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the node that ran it saw it."""
+
+    status: RunStatus  # completed, failed, cancelled or skipped
+    duration_ms: int = 0
+    error: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, duration_ms: int) -> Outcome:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(RunStatus.FAILED, duration_ms, describe_error(exc, text))
+
+
+def describe_error(exc: BaseException, formatted: str | None = None) -> str:
+    """``Type: message`` then the traceback, cut to ``MAX_ERROR_LENGTH`` keeping both ends."""
+    head = f"{type(exc).__qualname__}: {exc}"
+    text = f"{head}\n{formatted}" if formatted else head
+    if len(text) > MAX_ERROR_LENGTH:
+        half = MAX_ERROR_LENGTH // 2
+        text = f"{text[:half]}\n... [truncated] ...\n{text[-half:]}"
+    return text.replace("\x00", "\\x00")
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """What an outcome write did. ``applied`` is False when the lease was no longer ours."""
+
+    applied: bool
+    status: JobStatus | None = None
+    next_run: dt.datetime | None = None
+    already_recorded: bool = False
+
+
+@dataclass(frozen=True)
+class TakeBackResult:
+    """Jobs taken back from a node (rescue of stalled leases, or release at shutdown)."""
+
+    pending: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.pending) + len(self.failed)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """``cancelled``: the job will not run; ``requested``: it is running, its holder was asked."""
+
+    key: str
+    cancelled: bool
+    requested: bool
+    node_id: str | None = None
+
+
+class JobRepository:
+    """Atomic, fenced state transitions for one installation, inside one session."""
+
+    def __init__(
+        self,
+        session: Session,
+        models: Models,
+        *,
+        backoff: RetryBackoff | None = None,
+        max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES,
+    ) -> None:
+        self.session = session
+        self.models = models
+        self.jobs = models.jobs
+        self.runs = models.runs
+        self.nodes = models.nodes
+        self.backoff = backoff or RetryBackoff()
+        self.max_params_bytes = max_params_bytes
+
+    # ------------------------------------------------------------------ helpers
+    def _execute(self, stmt: sa.Executable, params: Any = None) -> sa.Result[Any]:
+        return self.session.execute(stmt, params)
+
+    def _guard(
+        self, transition: Transition, *, lease_id: uuid.UUID | sa.ColumnElement[Any] | None = None
+    ) -> sa.ColumnElement[bool]:
+        """The WHERE clause a transition needs: its source states, and the lease when fenced."""
+        j = self.jobs.c
+        clause: sa.ColumnElement[bool] = j.status.in_([s.value for s in transition.source])
+        if transition.fenced:
+            if lease_id is None:
+                raise ValueError(f"transition {transition.name!r} needs the holder's lease_id")
+            clause = sa.and_(clause, j.lease_id == lease_id)
+        return clause
+
+    def now(self) -> dt.datetime:
+        """The database's clock: the start time of the current transaction."""
+        value = self.session.execute(sa.select(now())).scalar_one()
+        assert isinstance(value, dt.datetime)
+        return value
+
+    def notify(self, payload: str = "") -> None:
+        """Wake the nodes of this installation (delivered when the transaction commits)."""
+        self._execute(sa.select(sa.func.pg_notify(self.models.names.channel, payload)))
+
+    # ------------------------------------------------------------------ scheduling
+    def upsert_recurring(self, spec: RecurringSpec) -> JobRecord:
+        """Create the row of a recurring job, or update its schedule (one row per name).
+
+        Re-scheduling keeps the row's ``next_run`` (a restart never skips or repeats a due tick),
+        takes a changed cron or time zone (the next tick is recomputed from now, unless a run or a
+        retry is in progress), and never touches a running lease or a cancelled job's state.
+        """
+        validate_job_name(spec.name)
+        j = self.jobs.c
+        first = spec.schedule.next_after(self.now())
+        stmt = postgresql.insert(self.jobs).values(
+            key=spec.name,
+            name=spec.name,
+            job_type=JobType.RECURRING.value,
+            cron=spec.schedule.expression,
+            timezone=spec.schedule.timezone,
+            misfire=spec.misfire,
+            misfire_grace=spec.misfire_grace,
+            max_retries=spec.retries,
+            status=JobStatus.PENDING.value,
+            next_run=first,
+            scheduled_at=first,
+        )
+        excluded = stmt.excluded
+        schedule_changed = sa.or_(j.cron != excluded.cron, j.timezone != excluded.timezone)
+        take_new = sa.and_(j.status == JobStatus.PENDING.value, j.attempt == 0, schedule_changed)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[j.key],
+            set_={
+                "cron": excluded.cron,
+                "timezone": excluded.timezone,
+                "misfire": excluded.misfire,
+                "misfire_grace": excluded.misfire_grace,
+                "max_retries": excluded.max_retries,
+                "next_run": sa.case((take_new, excluded.next_run), else_=j.next_run),
+                "scheduled_at": sa.case((take_new, excluded.scheduled_at), else_=j.scheduled_at),
+                "updated_at": now(),
+            },
+            where=j.job_type == JobType.RECURRING.value,
+        ).returning(*self.jobs.c)
+        row = self._execute(upsert).mappings().first()
+        if row is None:
+            raise InvalidStateError(f"job key {spec.name!r} exists and is not a recurring job")
+        self.notify(spec.name)
+        return JobRecord.from_row(row)
+
+    def _one_time_values(self, spec: OneTimeSpec) -> dict[str, Any]:
+        validate_job_name(spec.name)
+        if spec.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {spec.retries}")
+        if spec.run_at is not None and spec.run_at.tzinfo is None:
+            # Drivers disagree by hours on naive timestamps into timestamptz; refuse them.
+            raise ValueError(f"run_at must be timezone-aware, got naive {spec.run_at.isoformat()}")
+        return {
+            "key": f"{spec.name}#{uuid.uuid4()}",
+            "name": spec.name,
+            "params_json": encode_params(spec.params, self.max_params_bytes),
+            "max_retries": spec.retries,
+            "run_at": spec.run_at,
+        }
+
+    def _insert_one_time_stmt(self) -> Any:
+        due = sa.func.coalesce(sa.bindparam("run_at", type_=sa.DateTime(timezone=True)), now())
+        return sa.insert(self.jobs).values(
+            key=sa.bindparam("key"),
+            name=sa.bindparam("name"),
+            job_type=JobType.ONE_TIME.value,
+            # The text was validated and serialised once; the cast stores it without re-encoding.
+            params=sa.cast(sa.bindparam("params_json", type_=sa.Text), postgresql.JSONB),
+            max_retries=sa.bindparam("max_retries"),
+            status=JobStatus.PENDING.value,
+            next_run=due,
+            scheduled_at=due,
+        )
+
+    def insert_one_time(self, spec: OneTimeSpec) -> str:
+        """Enqueue one run of a one-time job; returns its key (``name#<uuid>``)."""
+        values = self._one_time_values(spec)
+        self._execute(self._insert_one_time_stmt(), values)
+        self.notify(spec.name)
+        return str(values["key"])
+
+    def insert_many(self, specs: Iterable[OneTimeSpec]) -> list[str]:
+        """Enqueue many one-time runs in one batched INSERT (SQLAlchemy insertmanyvalues)."""
+        rows = [self._one_time_values(spec) for spec in specs]  # validate all before writing any
+        if not rows:
+            return []
+        self._execute(self._insert_one_time_stmt(), rows)
+        self.notify()
+        return [str(row["key"]) for row in rows]
+
+    # ------------------------------------------------------------------ claim and lease
+    def claim(self, node_id: str, names: Sequence[str], limit: int) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due pending jobs of ``names`` to ``node_id``, in one statement.
+
+        Rows locked by another claimer are skipped, not waited for. Each claim gets a fresh
+        ``lease_id``, counts an attempt, and records a run row in the same statement.
+        """
+        if limit <= 0 or not names:
+            return []
+        j, r = self.jobs.c, self.runs.c
+        due = (
+            sa.select(j.key)
+            .where(
+                j.status == JobStatus.PENDING.value,
+                j.next_run <= now(),
+                j.name.in_(list(names)),
+            )
+            .order_by(j.next_run, j.key)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            # MATERIALIZED: evaluated exactly once. An "IN (SELECT ... LIMIT n FOR UPDATE SKIP
+            # LOCKED)" subquery can be re-run by the planner and claim more than n rows.
+            .cte("due")
+            .prefix_with("MATERIALIZED")
+        )
+        claimed = (
+            sa.update(self.jobs)
+            .where(j.key == due.c.key, self._guard(states.CLAIM))
+            .values(
+                status=JobStatus.RUNNING.value,
+                lease_id=sa.func.gen_random_uuid(),
+                node_id=node_id,
+                heartbeat_at=now(),
+                attempt=j.attempt + 1,
+                last_run_at=now(),
+                cancel_requested=False,
+                updated_at=now(),
+            )
+            .returning(*self.jobs.c, now().label("claimed_at"))
+            .cte("claimed")
+        )
+        record_runs = (
+            sa.insert(self.runs)
+            .from_select(
+                [r.job_key, r.name, r.scheduled_at, r.attempt, r.node_id, r.lease_id, r.status],
+                sa.select(
+                    claimed.c.key,
+                    claimed.c.name,
+                    claimed.c.scheduled_at,
+                    claimed.c.attempt,
+                    claimed.c.node_id,
+                    claimed.c.lease_id,
+                    sa.literal(RunStatus.RUNNING.value),
+                ),
+            )
+            .cte("record_runs")
+        )
+        stmt = sa.select(claimed).add_cte(record_runs).order_by(claimed.c.next_run)
+        result: list[ClaimedJob] = []
+        for row in self._execute(stmt).mappings():
+            record = JobRecord.from_row(row)
+            assert record.lease_id is not None
+            result.append(ClaimedJob(record, record.lease_id, row["claimed_at"]))
+        return result
+
+    def next_due(self, names: Sequence[str]) -> tuple[dt.datetime, dt.datetime | None]:
+        """The database time now, and the earliest future ``next_run`` among ``names``' jobs."""
+        if not names:
+            return self.now(), None
+        j = self.jobs.c
+        soonest = (
+            sa.select(sa.func.min(j.next_run))
+            .where(j.status == JobStatus.PENDING.value, j.name.in_(list(names)))
+            .scalar_subquery()
+        )
+        row: Any = self._execute(sa.select(now(), soonest)).one()
+        db_now: dt.datetime = row[0]
+        next_run: dt.datetime | None = row[1]
+        return db_now, next_run
+
+    def heartbeat(self, node_id: str, leases: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Renew this node's leases in one statement; returns those still held (missing = lost)."""
+        held = list(leases)
+        if not held:
+            return set()
+        j = self.jobs.c
+        stmt = (
+            sa.update(self.jobs)
+            .where(j.lease_id.in_(held), j.node_id == node_id, j.status == JobStatus.RUNNING.value)
+            .values(heartbeat_at=now())
+            .returning(j.lease_id)
+        )
+        return {row[0] for row in self._execute(stmt)}
+
+    # ------------------------------------------------------------------ outcomes (fenced)
+    def finish(self, claimed: ClaimedJob, outcome: Outcome) -> FinishResult:
+        """Record how an attempt ended, only if ``claimed.lease_id`` still holds the job.
+
+        The job row and its run row change in one statement. A recurring job's next tick is
+        computed from the database time of this transaction.
+        """
+        job = claimed.job
+        j = self.jobs.c
+        exhausted = job.attempt > job.max_retries
+        values: dict[str, Any] = {
+            "lease_id": None,
+            "heartbeat_at": None,
+            "cancel_requested": False,
+            "execution_time_ms": outcome.duration_ms,
+            "updated_at": now(),
+        }
+        next_run: dt.datetime | None = None
+        if outcome.status is RunStatus.COMPLETED:
+            values.update(last_success_at=now(), consecutive_failures=0, last_error=None)
+        elif outcome.status is RunStatus.FAILED:
+            values.update(
+                last_failure_at=now(),
+                consecutive_failures=j.consecutive_failures + 1,
+                last_error=outcome.error,
+            )
+        elif outcome.status is RunStatus.CANCELLED:
+            values.update(last_error=outcome.error or "cancelled")
+
+        retry = outcome.status is RunStatus.FAILED and not exhausted
+        if retry:
+            transition, status = states.RETRY, JobStatus.PENDING
+            values.update(next_run=now() + self.backoff.delay(job.attempt))
+        elif job.job_type is JobType.RECURRING:
+            # Done with this tick, whatever happened: wait for the next one.
+            transition, status = states.RESCHEDULE, JobStatus.PENDING
+            next_run = self._next_tick(job)
+            values.update(next_run=next_run, scheduled_at=next_run, attempt=0)
+        else:
+            status = {
+                RunStatus.COMPLETED: JobStatus.COMPLETED,
+                RunStatus.FAILED: JobStatus.FAILED,
+                RunStatus.CANCELLED: JobStatus.CANCELLED,
+                RunStatus.SKIPPED: JobStatus.COMPLETED,
+            }[outcome.status]
+            transition = {
+                JobStatus.COMPLETED: states.COMPLETE,
+                JobStatus.FAILED: states.FAIL,
+                JobStatus.CANCELLED: states.ABORT,
+            }[status]
+            values.update(next_run=None, finished_at=now())
+        if outcome.status is RunStatus.CANCELLED:
+            transition = states.ABORT
+        values["status"] = status.value
+
+        moved = (
+            sa.update(self.jobs)
+            .where(j.key == job.key, self._guard(transition, lease_id=claimed.lease_id))
+            .values(**values)
+            .returning(j.key, j.next_run)
+            .cte("moved")
+        )
+        r = self.runs.c
+        stmt = (
+            sa.update(self.runs)
+            .where(r.lease_id == claimed.lease_id, r.job_key == moved.c.key)
+            .values(
+                status=outcome.status.value,
+                finished_at=now(),
+                duration_ms=outcome.duration_ms,
+                error=outcome.error,
+            )
+            .returning(moved.c.next_run)
+        )
+        row = self._execute(stmt).first()
+        if row is not None:
+            return FinishResult(applied=True, status=status, next_run=row[0])
+        # Matched nothing. Either another node took the job back (lease lost), or this is a retry
+        # of a write whose COMMIT did land before the connection died: the run row tells which.
+        recorded = self._execute(sa.select(r.status).where(r.lease_id == claimed.lease_id)).scalar()
+        if recorded == outcome.status.value:
+            return FinishResult(applied=True, status=status, already_recorded=True)
+        return FinishResult(applied=False)
+
+    def _next_tick(self, job: JobRecord) -> dt.datetime:
+        assert job.cron is not None and job.scheduled_at is not None
+        schedule = CronSchedule.parse(job.cron, job.timezone)
+        misfire: MisfirePolicy = job.misfire  # type: ignore[assignment]
+        return next_run_after(
+            schedule,
+            tick=job.scheduled_at,
+            now=self.now(),
+            misfire=misfire,
+            grace=job.misfire_grace,
+        )
+
+    # ------------------------------------------------------------------ taking leases back
+    def rescue_stalled(self, timeout: dt.timedelta, *, limit: int = 1000) -> TakeBackResult:
+        """Take back jobs whose heartbeat is older than ``timeout`` (their node died or hung).
+
+        One statement moves them: to ``pending`` with the attempt counted, or to ``failed`` when a
+        one-time job has no attempts left. A live lease is never touched: the heartbeat age is the
+        guard, evaluated on the database clock, and the row is locked while it is decided.
+        """
+        j = self.jobs.c
+        stalled = j.heartbeat_at < now() - timeout
+        return self._take_back(
+            stalled, RunStatus.LOST, "lease lost: the node stopped heartbeating", limit
+        )
+
+    def release(self, node_id: str, leases: Iterable[uuid.UUID]) -> TakeBackResult:
+        """Hand back this node's unfinished jobs at the end of a shutdown (attempt counted)."""
+        held = list(leases)
+        if not held:
+            return TakeBackResult()
+        j = self.jobs.c
+        mine = sa.and_(j.lease_id.in_(held), j.node_id == node_id)
+        return self._take_back(
+            mine, RunStatus.RELEASED, "released: still running when its node shut down", len(held)
+        )
+
+    def _take_back(
+        self, condition: sa.ColumnElement[bool], run_status: RunStatus, reason: str, limit: int
+    ) -> TakeBackResult:
+        j, r = self.jobs.c, self.runs.c
+        victims = (
+            sa.select(j.key, j.lease_id)
+            .where(j.status == JobStatus.RUNNING.value, condition)
+            .order_by(j.heartbeat_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("victims")
+            .prefix_with("MATERIALIZED")
+        )
+        one_time_exhausted = sa.and_(
+            j.job_type == JobType.ONE_TIME.value, j.attempt > j.max_retries
+        )
+        moved = (
+            sa.update(self.jobs)
+            .where(
+                j.key == victims.c.key,
+                j.lease_id == victims.c.lease_id,
+                self._guard(
+                    states.RESCUE if run_status is RunStatus.LOST else states.RELEASE,
+                    lease_id=victims.c.lease_id,
+                ),
+            )
+            .values(
+                status=sa.case(
+                    (one_time_exhausted, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
+                ),
+                next_run=sa.case((one_time_exhausted, sa.null()), else_=now()),
+                finished_at=sa.case((one_time_exhausted, now()), else_=sa.null()),
+                lease_id=None,
+                heartbeat_at=None,
+                cancel_requested=False,
+                last_failure_at=now(),
+                consecutive_failures=j.consecutive_failures + 1,
+                last_error=reason,
+                updated_at=now(),
+            )
+            .returning(
+                j.key,
+                j.status,
+                j.job_type,
+                j.cron,
+                j.timezone,
+                j.misfire,
+                j.misfire_grace,
+                j.scheduled_at,
+                j.attempt,
+                j.max_retries,
+                victims.c.lease_id.label("old_lease"),
+            )
+            .cte("moved")
+        )
+        stmt = (
+            sa.update(self.runs)
+            .where(r.lease_id == moved.c.old_lease)
+            .values(status=run_status.value, finished_at=now(), error=reason)
+            .returning(
+                moved.c.key,
+                moved.c.status,
+                moved.c.job_type,
+                moved.c.cron,
+                moved.c.timezone,
+                moved.c.misfire,
+                moved.c.misfire_grace,
+                moved.c.scheduled_at,
+                moved.c.attempt,
+                moved.c.max_retries,
+            )
+        )
+        rows = self._execute(stmt).mappings().all()
+        pending: list[str] = []
+        failed: list[str] = []
+        db_now: dt.datetime | None = None
+        for row in rows:
+            if row["status"] == JobStatus.FAILED.value:
+                failed.append(row["key"])
+                continue
+            pending.append(row["key"])
+            if row["job_type"] == JobType.RECURRING.value and row["attempt"] > row["max_retries"]:
+                # A recurring job out of attempts for this tick goes back to its schedule. The row
+                # is locked by the statement above until this transaction ends, so this second
+                # write cannot race anyone.
+                db_now = db_now or self.now()
+                tick = next_run_after(
+                    CronSchedule.parse(row["cron"], row["timezone"]),
+                    tick=row["scheduled_at"],
+                    now=db_now,
+                    misfire=row["misfire"],
+                    grace=row["misfire_grace"],
+                )
+                self._execute(
+                    sa.update(self.jobs)
+                    .where(j.key == row["key"], j.status == JobStatus.PENDING.value)
+                    .values(next_run=tick, scheduled_at=tick, attempt=0)
+                )
+        if pending:
+            self.notify()
+        return TakeBackResult(tuple(pending), tuple(failed))
+
+    # ------------------------------------------------------------------ operator actions
+    def cancel(self, key: str) -> CancelResult:
+        """Cancel a pending job, or ask the holder of a running one to stop it."""
+        j = self.jobs.c
+        cancelled = self._execute(
+            sa.update(self.jobs)
+            .where(j.key == key, self._guard(states.CANCEL))
+            .values(
+                status=JobStatus.CANCELLED.value,
+                next_run=None,
+                finished_at=now(),
+                last_error="cancelled",
+                updated_at=now(),
+            )
+            .returning(j.key)
+        ).first()
+        if cancelled is not None:
+            return CancelResult(key, cancelled=True, requested=False)
+        # Running: only the lease holder writes a running row's outcome, so flag it and let the
+        # holder abort (it sees the flag at its next heartbeat).
+        requested = self._execute(
+            sa.update(self.jobs)
+            .where(j.key == key, j.status == JobStatus.RUNNING.value)
+            .values(cancel_requested=True, updated_at=now())
+            .returning(j.node_id)
+        ).first()
+        if requested is not None:
+            return CancelResult(key, cancelled=False, requested=True, node_id=requested[0])
+        existing = self.get(key)
+        if existing is None:
+            raise JobNotFoundError(f"no job with key {key!r}")
+        raise InvalidStateError(f"job {key!r} is {existing.status.value} and cannot be cancelled")
+
+    def cancel_requested(self, leases: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these leases have a pending cancel request."""
+        held = list(leases)
+        if not held:
+            return set()
+        j = self.jobs.c
+        rows = self._execute(
+            sa.select(j.lease_id).where(j.lease_id.in_(held), j.cancel_requested.is_(True))
+        )
+        return {row[0] for row in rows}
+
+    def trigger(self, key: str) -> JobRecord:
+        """Make a pending job due now (a recurring job runs now, outside its schedule)."""
+        j = self.jobs.c
+        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, j.attempt == 0)
+        row = (
+            self._execute(
+                sa.update(self.jobs)
+                .where(j.key == key, self._guard(states.TRIGGER))
+                .values(
+                    next_run=now(),
+                    scheduled_at=sa.case((manual_tick, now()), else_=j.scheduled_at),
+                    updated_at=now(),
+                )
+                .returning(*self.jobs.c)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return self._refuse(key, "triggered")
+        self.notify(key)
+        return JobRecord.from_row(row)
+
+    def retry_now(self, key: str) -> JobRecord:
+        """Re-queue a failed or cancelled job to run now, with a fresh attempt budget."""
+        j = self.jobs.c
+        row = (
+            self._execute(
+                sa.update(self.jobs)
+                .where(j.key == key, self._guard(states.RETRY_NOW))
+                .values(
+                    status=JobStatus.PENDING.value,
+                    next_run=now(),
+                    # A new run request: a new scheduled_at keeps (key, scheduled_at, attempt) unique.
+                    scheduled_at=now(),
+                    attempt=0,
+                    finished_at=None,
+                    updated_at=now(),
+                )
+                .returning(*self.jobs.c)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return self._refuse(key, "retried")
+        self.notify(key)
+        return JobRecord.from_row(row)
+
+    def _refuse(self, key: str, action: str) -> JobRecord:
+        existing = self.get(key)
+        if existing is None:
+            raise JobNotFoundError(f"no job with key {key!r}")
+        raise InvalidStateError(f"job {key!r} is {existing.status.value} and cannot be {action}")
+
+    # ------------------------------------------------------------------ maintenance
+    def cleanup_finished(self, retention: dt.timedelta, *, limit: int = 10000) -> int:
+        """Delete finished one-time jobs (and runs) older than ``retention``; returns jobs deleted."""
+        j, r = self.jobs.c, self.runs.c
+        old_jobs = (
+            sa.select(j.key)
+            .where(
+                j.job_type == JobType.ONE_TIME.value,
+                j.status.in_([s.value for s in states.TERMINAL_STATUSES]),
+                j.finished_at < now() - retention,
+            )
+            .limit(limit)
+            .scalar_subquery()
+        )
+        deleted = self._execute(sa.delete(self.jobs).where(j.key.in_(old_jobs)).returning(j.key))
+        count = len(deleted.all())
+        old_runs = (
+            sa.select(r.id).where(r.finished_at < now() - retention).limit(limit).scalar_subquery()
+        )
+        self._execute(sa.delete(self.runs).where(r.id.in_(old_runs)))
+        return count
+
+    def delete_orphans(self, timeout: dt.timedelta, *, limit: int = 10000) -> list[str]:
+        """Delete jobs whose name no node has registered within ``timeout``.
+
+        The view is cluster-wide (the nodes table), so a job registered on only some nodes is safe;
+        a row younger than ``timeout`` is never deleted (a job enqueued before its first node
+        started), and neither is a running one. Node rows unseen for ``timeout`` go too.
+        """
+        j, n = self.jobs.c, self.nodes.c
+        known = (
+            sa.select(sa.literal(1))
+            .where(n.last_seen_at > now() - timeout, j.name == sa.any_(n.job_names))
+            .exists()
+        )
+        orphans = (
+            sa.select(j.key)
+            .where(j.status != JobStatus.RUNNING.value, j.created_at < now() - timeout, ~known)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        deleted = self._execute(sa.delete(self.jobs).where(j.key.in_(orphans)).returning(j.key))
+        keys = [row[0] for row in deleted]
+        self._execute(sa.delete(self.nodes).where(n.last_seen_at < now() - timeout))
+        return keys
+
+    # ------------------------------------------------------------------ nodes
+    def register_node(
+        self, node_id: str, node_name: str, hostname: str, pid: int, job_names: Sequence[str]
+    ) -> None:
+        n = self.nodes.c
+        stmt = postgresql.insert(self.nodes).values(
+            node_id=node_id,
+            node_name=node_name,
+            hostname=hostname,
+            pid=pid,
+            job_names=sorted(job_names),
+        )
+        self._execute(
+            stmt.on_conflict_do_update(
+                index_elements=[n.node_id],
+                set_={
+                    "job_names": stmt.excluded.job_names,
+                    "last_seen_at": now(),
+                    "stopped_at": None,
+                },
+            )
+        )
+
+    def touch_node(self, node_id: str, job_names: Sequence[str] | None = None) -> bool:
+        """Mark the node alive (and update its job names); False if its row is gone."""
+        n = self.nodes.c
+        values: dict[str, Any] = {"last_seen_at": now(), "stopped_at": None}
+        if job_names is not None:
+            values["job_names"] = sorted(job_names)
+        row = self._execute(
+            sa.update(self.nodes).where(n.node_id == node_id).values(**values).returning(n.node_id)
+        ).first()
+        return row is not None
+
+    def deregister_node(self, node_id: str) -> None:
+        """Mark the node stopped. The row stays (with its job names) until the orphan horizon, so
+        a rolling restart never makes a job look orphaned."""
+        n = self.nodes.c
+        self._execute(
+            sa.update(self.nodes)
+            .where(n.node_id == node_id)
+            .values(stopped_at=now(), last_seen_at=now())
+        )
+
+    def list_nodes(self, *, live_within: dt.timedelta | None = None) -> list[NodeRecord]:
+        n = self.nodes.c
+        stmt = sa.select(self.nodes).order_by(n.started_at)
+        if live_within is not None:
+            stmt = stmt.where(n.stopped_at.is_(None), n.last_seen_at > now() - live_within)
+        return [NodeRecord.from_row(row) for row in self._execute(stmt).mappings()]
+
+    # ------------------------------------------------------------------ reads
+    def get(self, key: str) -> JobRecord | None:
+        row = self._execute(sa.select(self.jobs).where(self.jobs.c.key == key)).mappings().first()
+        return JobRecord.from_row(row) if row is not None else None
+
+    def list_jobs(
+        self,
+        *,
+        name: str | None = None,
+        status: JobStatus | str | None = None,
+        job_type: JobType | str | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        j = self.jobs.c
+        stmt = sa.select(self.jobs).order_by(j.next_run.nulls_last(), j.key).limit(limit)
+        if name is not None:
+            stmt = stmt.where(j.name == name)
+        if status is not None:
+            stmt = stmt.where(j.status == JobStatus(status).value)
+        if job_type is not None:
+            stmt = stmt.where(j.job_type == JobType(job_type).value)
+        return [JobRecord.from_row(row) for row in self._execute(stmt).mappings()]
+
+    def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
+        r = self.runs.c
+        stmt = sa.select(self.runs).where(r.job_key == key).order_by(r.id.desc()).limit(limit)
+        return [RunRecord.from_row(row) for row in self._execute(stmt).mappings()]
+
+    def count_by_status(self) -> dict[str, int]:
+        j = self.jobs.c
+        rows: Any = self._execute(sa.select(j.status, sa.func.count()).group_by(j.status)).all()
+        return {str(status): int(count) for status, count in rows}

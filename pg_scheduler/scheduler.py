@@ -1,0 +1,629 @@
+"""``Scheduler``: one node. Composes the poller, workers, heartbeat, maintenance and listener.
+
+The scheduler never writes SQL: every statement is a ``JobRepository`` method called inside a
+short transaction of the application's session factory. No transaction stays open while job code
+runs: claim, commit, run, then write the outcome in a new transaction, fenced by the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import migrations
+from .config import SchedulerConfig
+from .cron import is_too_late
+from .errors import (
+    DatabaseUnavailableError,
+    DuplicateJobError,
+    PgSchedulerError,
+    SchedulerStateError,
+    SchemaNotInstalledError,
+)
+from .heartbeat import Heartbeat
+from .jobs import FunctionJob, Job, JobConfig, JobContext
+from .maintenance import Maintenance
+from .models import Models, build_models
+from .notify import Listener
+from .poller import Poller
+from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .repository import CancelResult, JobRepository, OneTimeSpec, Outcome, RecurringSpec
+from .states import JobStatus, JobType, RunStatus
+from .workers import EventLoopThread, Inflight, RunningJob, StopReason, WorkerPool, execute
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_UNDEFINED_TABLE = "42P01"
+
+
+def make_node_id(node_name: str | None = None) -> str:
+    """``host:pid:random``: unique even for processes sharing a host name (or a node_name)."""
+    return f"{node_name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Scheduler:
+    """A pg_scheduler node. Use it as a context manager, or call ``start()`` and ``shutdown()``."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        if not isinstance(config, SchedulerConfig):
+            raise TypeError(f"Scheduler needs a SchedulerConfig, got {type(config).__name__}")
+        if not isinstance(config.engine, sa.Engine):
+            raise PgSchedulerError(
+                "Scheduler needs a synchronous Engine; for an AsyncEngine use AsyncScheduler"
+            )
+        self.config = config
+        self.engine: sa.Engine = config.engine
+        self.names = config.names
+        self.models: Models = build_models(self.names)
+        self.log: logging.Logger | logging.LoggerAdapter[Any] = config.logger or logging.getLogger(
+            "pg_scheduler"
+        )
+        self.node_name = config.node_name or socket.gethostname()
+        self.node_id = make_node_id(self.node_name)
+        self.session_factory: Callable[[], Session] = config.session_factory or sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+        self.inflight = Inflight()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._state = "new"  # new -> running -> stopped
+        self._state_lock = threading.Lock()
+        self._schema_ok = False
+        self._last_db_error = float("-inf")
+        self._pool: WorkerPool | None = None
+        self._loop: EventLoopThread | None = None
+        self.poller = Poller(self)
+        self.heartbeat = Heartbeat(self)
+        self.maintenance = Maintenance(self)
+        self.listener = Listener(self.engine, self.names.channel, self._on_notify, log=self.log)
+
+    # ------------------------------------------------------------------ database access
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[JobRepository]:
+        """A repository in a new transaction of the session factory, committed on success."""
+        try:
+            with self.session_factory() as session, session.begin():
+                yield self.repository(session)
+        except sa.exc.ProgrammingError as exc:
+            if _sqlstate(exc) == _UNDEFINED_TABLE:
+                self._schema_ok = False
+                raise SchemaNotInstalledError(
+                    f"pg_scheduler tables ({self.names.qualified(self.names.jobs_table)}) are not "
+                    "installed: run `pg-scheduler db upgrade` or pg_scheduler.migrations.upgrade()"
+                ) from exc
+            raise
+        except sa.exc.OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"database unavailable ({_database(self.engine)}): {_first_line(exc)}"
+            ) from exc
+
+    def repository(self, session: Session) -> JobRepository:
+        """A repository on ``session`` (the caller owns its transaction)."""
+        return JobRepository(
+            session,
+            self.models,
+            backoff=self.config.retry_backoff,
+            max_params_bytes=self.config.max_params_bytes,
+        )
+
+    def name_connection(self, conn: sa.Connection, role: str) -> None:
+        """Tag a dedicated connection in pg_stat_activity (``pg_scheduler:<node>:<role>``)."""
+        label = f"pg_scheduler:{self.node_id}:{role}"[:63]
+        conn.execute(sa.select(sa.func.set_config("application_name", label, False)))
+
+    def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:
+        """A background service could not reach the database; it retries by itself."""
+        self._last_db_error = time.monotonic()
+        self.log.warning(
+            "%s failed (%s); retrying in %.1fs",
+            service,
+            _first_line(exc),
+            retry_in,
+            extra={"event": "db.unavailable", "service": service},
+        )
+
+    def seconds_since_database_error(self) -> float:
+        return time.monotonic() - self._last_db_error
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ok:
+            return
+        if self.config.create_schema:
+            migrations.upgrade(self.engine, names=self.names)
+        else:
+            try:
+                migrations.check_schema(self.engine, self.names)
+            except sa.exc.OperationalError as exc:
+                raise DatabaseUnavailableError(
+                    f"database unavailable ({_database(self.engine)}): {_first_line(exc)}"
+                ) from exc
+        self._schema_ok = True
+
+    # ------------------------------------------------------------------ registry
+    def register(self, job: Job) -> Job:
+        """Make this node able to run jobs named ``job.name`` (enqueues nothing).
+
+        Registering the same name again with a job of the same class keeps the first instance; a
+        different class is an error.
+        """
+        if not isinstance(job, Job):
+            raise TypeError(f"register() needs a Job, got {type(job).__name__}")
+        with self._jobs_lock:
+            existing = self._jobs.get(job.name)
+            if existing is not None:
+                if type(existing) is not type(job) or (
+                    isinstance(job, FunctionJob)
+                    and isinstance(existing, FunctionJob)
+                    and existing.fn is not job.fn
+                ):
+                    raise DuplicateJobError(
+                        f"job name {job.name!r} is already registered to {existing!r}"
+                    )
+                return existing
+            self._jobs[job.name] = job
+        if self._state == "running":
+            self.poller.wake()
+        return job
+
+    def registered_names(self) -> list[str]:
+        with self._jobs_lock:
+            return list(self._jobs)
+
+    def registered_job(self, name: str) -> Job | None:
+        with self._jobs_lock:
+            return self._jobs.get(name)
+
+    def schedule_job(self, job: Job) -> str:
+        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
+        one-time job is enqueued once with its config's params. Returns the job key."""
+        self.register(job)
+        cfg = job.config
+        self._ensure_schema()
+        with self.transaction() as repo:
+            if cfg.job_type is JobType.RECURRING:
+                assert cfg.schedule is not None
+                record = repo.upsert_recurring(
+                    RecurringSpec(
+                        cfg.name, cfg.schedule, cfg.retries, cfg.misfire, cfg.misfire_grace
+                    )
+                )
+                return record.key
+            return repo.insert_one_time(OneTimeSpec(cfg.name, cfg.params, cfg.retries, cfg.run_at))
+
+    def recurring(
+        self,
+        name: str,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        retries: int = 0,
+        misfire: Any = "coalesce",
+        misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> Callable[[F], F]:
+        """Decorator: schedule a plain function ``fn(ctx)`` (sync or async) as a recurring job."""
+        config = JobConfig.recurring(
+            name,
+            cron,
+            timezone=timezone,
+            retries=retries,
+            misfire=misfire,
+            misfire_grace=misfire_grace,
+        )
+
+        def decorate(fn: F) -> F:
+            self.schedule_job(FunctionJob(config, fn))
+            return fn
+
+        return decorate
+
+    def one_time(self, name: str, *, retries: int = 0) -> Callable[[F], F]:
+        """Decorator: register a plain function ``fn(ctx)`` (sync or async) as the handler of
+        one-time jobs named ``name``; enqueue runs with ``scheduler.enqueue(name, params)``."""
+        config = JobConfig.one_time(name, retries=retries)
+
+        def decorate(fn: F) -> F:
+            self.register(FunctionJob(config, fn))
+            return fn
+
+        return decorate
+
+    # ------------------------------------------------------------------ enqueue and inspect
+    def _spec(
+        self, name: str, params: Any, retries: int | None, run_at: dt.datetime | None
+    ) -> OneTimeSpec:
+        if retries is None:
+            handler = self.registered_job(name)
+            retries = handler.config.retries if handler is not None else 0
+        return OneTimeSpec(name, params, retries, run_at)
+
+    def enqueue(
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        retries: int | None = None,
+        run_at: dt.datetime | None = None,
+        session: Session | None = None,
+    ) -> str:
+        """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
+
+        With ``session``, the insert joins that session's transaction: the job exists if and only
+        if the caller commits. ``retries`` defaults to the registered handler's. Nodes are woken
+        by NOTIFY when the transaction commits.
+        """
+        spec = self._spec(name, params, retries, run_at)
+        if session is not None:
+            return self.repository(session).insert_one_time(spec)
+        self._ensure_schema()
+        with self.transaction() as repo:
+            return repo.insert_one_time(spec)
+
+    def enqueue_many(
+        self,
+        name: str,
+        params_list: Iterable[Any],
+        *,
+        retries: int | None = None,
+        run_at: dt.datetime | None = None,
+        session: Session | None = None,
+    ) -> list[str]:
+        """Enqueue one run of ``name`` per element of ``params_list`` in one batched INSERT."""
+        specs = [self._spec(name, params, retries, run_at) for params in params_list]
+        if session is not None:
+            return self.repository(session).insert_many(specs)
+        self._ensure_schema()
+        with self.transaction() as repo:
+            return repo.insert_many(specs)
+
+    def get_job(self, key: str) -> JobRecord | None:
+        """The job row with this key, or None."""
+        with self.transaction() as repo:
+            return repo.get(key)
+
+    def list_jobs(
+        self,
+        *,
+        name: str | None = None,
+        status: JobStatus | str | None = None,
+        job_type: JobType | str | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        with self.transaction() as repo:
+            return repo.list_jobs(name=name, status=status, job_type=job_type, limit=limit)
+
+    def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
+        """The attempts of one job, newest first."""
+        with self.transaction() as repo:
+            return repo.list_runs(key, limit=limit)
+
+    def list_nodes(self, *, live_within: dt.timedelta | None = None) -> list[NodeRecord]:
+        with self.transaction() as repo:
+            return repo.list_nodes(live_within=live_within)
+
+    def cancel_job(self, key: str) -> CancelResult:
+        """Cancel a pending job; for a running one, ask its node to stop it (cooperatively)."""
+        with self.transaction() as repo:
+            result = repo.cancel(key)
+        if result.requested:
+            for running in self.inflight:
+                if running.claimed.key == key:
+                    running.stop(StopReason.CANCEL_REQUESTED)
+        return result
+
+    def trigger(self, key: str) -> JobRecord:
+        """Run a pending job now (for a recurring job: once, outside its schedule)."""
+        with self.transaction() as repo:
+            return repo.trigger(key)
+
+    def retry_job(self, key: str) -> JobRecord:
+        """Re-queue a failed or cancelled job to run now."""
+        with self.transaction() as repo:
+            return repo.retry_now(key)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Scheduler:
+        """Check (or, with ``create_schema``, install) the schema, register this node, and start
+        claiming. Raises if already started."""
+        with self._state_lock:
+            if self._state == "running":
+                raise SchedulerStateError("the scheduler is already running")
+            if self._state == "stopped":
+                raise SchedulerStateError(
+                    "this scheduler was shut down; create a new Scheduler to start again"
+                )
+            self._ensure_schema()
+            with self.transaction() as repo:
+                self.register_node(repo)
+            self._pool = WorkerPool(self.config.max_concurrent_jobs, "pg_scheduler")
+            self._state = "running"
+        if self.config.listen:
+            self.listener.start()
+        self.heartbeat.start()
+        self.maintenance.start()
+        self.poller.start(immediately=self.config.run_immediately)
+        self.log.info(
+            "node %s started (%d jobs registered)",
+            self.node_id,
+            len(self._jobs),
+            extra={"event": "node.started", "node_id": self.node_id},
+        )
+        return self
+
+    def register_node(self, repo: JobRepository) -> None:
+        repo.register_node(
+            self.node_id, self.node_name, socket.gethostname(), os.getpid(), self.registered_names()
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def shutdown(self, timeout: dt.timedelta | None = None) -> None:
+        """Stop claiming, ask running jobs to stop, wait up to ``shutdown_timeout`` for them, and
+        hand back the ones still running. Records every outcome that arrives in time. When it
+        returns, no row is ``running`` under this node's leases. Calling it twice is harmless."""
+        with self._state_lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+        wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
+        self.log.info("node %s stopping", self.node_id, extra={"event": "node.stopping"})
+        self.poller.stop()
+        self.listener.stop()
+        for running in self.inflight:
+            running.stop(StopReason.SHUTDOWN)
+        if not self.inflight.wait_empty(wait):
+            self._release_unfinished()
+        self.heartbeat.stop()
+        self.maintenance.stop()
+        try:
+            with self.transaction() as repo:
+                repo.deregister_node(self.node_id)
+        except PgSchedulerError as exc:
+            self.log.warning(
+                "could not deregister node: %s", exc, extra={"event": "node.deregister_failed"}
+            )
+        if self._pool is not None:
+            self._pool.stop()
+        if self._loop is not None:
+            self._loop.stop()
+        with self._state_lock:
+            self._state = "stopped"
+        self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
+
+    def _release_unfinished(self) -> None:
+        leftovers = self.inflight.snapshot()
+        for running in leftovers:
+            # From now on this node no longer owns them: a late outcome must not be written.
+            running.stop(StopReason.LEASE_LOST)
+        leases = [r.lease_id for r in leftovers]
+
+        def release() -> None:
+            with self.transaction() as repo:
+                result = repo.release(self.node_id, leases)
+            self.log.warning(
+                "shutdown timeout: handed back %d running jobs",
+                result.count,
+                extra={"event": "job.released", "keys": list(result.pending + result.failed)},
+            )
+
+        if not self._retry_database("release", release):
+            self.log.error(
+                "could not hand back %d jobs; their leases will expire and another node will "
+                "rescue them",
+                len(leases),
+                extra={"event": "job.release_failed"},
+            )
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ running jobs
+    def _on_notify(self, payload: str) -> None:
+        self.poller.wake()
+
+    def dispatch(self, claimed: ClaimedJob) -> None:
+        """Run a claimed job on a worker thread (called by the poller after the claim commits)."""
+        job = self.registered_job(claimed.name)
+        record = claimed.job
+        ctx = JobContext(
+            params=record.params if record.params is not None else {},
+            job_name=record.name,
+            job_key=record.key,
+            attempt=record.attempt,
+            scheduled_at=record.scheduled_at or claimed.claimed_at,
+            node_id=self.node_id,
+            logger=self.log,
+            max_retries=record.max_retries,
+        )
+        if job is None:  # pragma: no cover - names are never unregistered; kept as a guard
+            with self.transaction() as repo:
+                repo.release(self.node_id, [claimed.lease_id])
+            return
+        running = RunningJob(claimed, job, ctx)
+        self.inflight.add(running)
+        assert self._pool is not None
+        self._pool.submit(lambda: self._run(running))
+
+    def _event_loop(self) -> EventLoopThread:
+        with self._state_lock:
+            if self._loop is None:
+                self._loop = EventLoopThread("pg_scheduler")
+            return self._loop
+
+    def _run(self, running: RunningJob) -> None:
+        claimed, ctx = running.claimed, running.ctx
+        record = claimed.job
+        try:
+            if record.job_type is JobType.RECURRING and is_too_late(
+                tick=ctx.scheduled_at,
+                now=claimed.claimed_at,
+                misfire=record.misfire,  # type: ignore[arg-type]
+                grace=record.misfire_grace,
+            ):
+                outcome: Outcome | None = Outcome(
+                    RunStatus.SKIPPED, 0, "skipped: tick later than misfire_grace"
+                )
+            else:
+                self.log.debug(
+                    "job %r attempt %d started",
+                    record.key,
+                    ctx.attempt,
+                    extra={"event": "job.claimed", "job_key": record.key},
+                )
+                started = time.monotonic()
+                loop = self._event_loop() if running.job.is_async else None
+                error = execute(running, loop)
+                duration_ms = int((time.monotonic() - started) * 1000)
+                outcome = self._outcome(running, error, duration_ms)
+            self._finish(running, outcome)
+        finally:
+            self.inflight.remove(running.lease_id)
+            self.poller.wake()  # a slot is free
+
+    def _outcome(
+        self, running: RunningJob, error: BaseException | None, duration_ms: int
+    ) -> Outcome | None:
+        if error is None:
+            return Outcome(RunStatus.COMPLETED, duration_ms)
+        reason = running.stop_reason
+        if reason is StopReason.CANCEL_REQUESTED:
+            return Outcome(RunStatus.CANCELLED, duration_ms, "cancelled on request")
+        if reason is StopReason.SHUTDOWN:
+            return None  # hand it back: its node is going away, the job did not fail
+        return Outcome.from_exception(error, duration_ms)
+
+    def _finish(self, running: RunningJob, outcome: Outcome | None) -> None:
+        claimed = running.claimed
+        key = claimed.key
+        if running.stop_reason is StopReason.LEASE_LOST:
+            self.log.warning(
+                "job %r finished after losing its lease; outcome dropped",
+                key,
+                extra={"event": "job.lease_lost", "job_key": key},
+            )
+            return
+        if outcome is None:
+
+            def release() -> None:
+                with self.transaction() as repo:
+                    repo.release(self.node_id, [claimed.lease_id])
+
+            self._retry_database("release", release)
+            return
+
+        result_box: list[Any] = []
+
+        def write() -> None:
+            with self.transaction() as repo:
+                result_box.append(repo.finish(claimed, outcome))
+
+        if not self._retry_database("record outcome", write):
+            self.log.error(
+                "could not record the outcome of job %r; its lease will expire and it will be "
+                "rescued",
+                key,
+                extra={"event": "job.outcome_lost", "job_key": key},
+            )
+            return
+        result = result_box[0]
+        if not result.applied:
+            self.log.warning(
+                "job %r: lease lost before its outcome was written; outcome dropped",
+                key,
+                extra={"event": "job.lease_lost", "job_key": key},
+            )
+            return
+        event = (
+            {
+                JobStatus.COMPLETED: "job.completed",
+                JobStatus.FAILED: "job.failed",
+                JobStatus.CANCELLED: "job.cancelled",
+            }.get(result.status)
+            if result.status is not None
+            else None
+        )
+        if outcome.status is RunStatus.FAILED:
+            event = event or "job.retry_scheduled"
+            level = logging.ERROR if event == "job.failed" else logging.WARNING
+            self.log.log(
+                level,
+                "job %r attempt %d failed: %s",
+                key,
+                claimed.job.attempt,
+                (outcome.error or "").splitlines()[0] if outcome.error else "",
+                extra={"event": event, "job_key": key, "next_run": result.next_run},
+            )
+        else:
+            self.log.debug(
+                "job %r %s",
+                key,
+                outcome.status.value,
+                extra={"event": event or "job.rescheduled", "job_key": key},
+            )
+
+    def _retry_database(self, what: str, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` until it succeeds, retrying database outages for up to
+        ``no_heartbeat_timeout`` (after that the lease has expired anyway)."""
+        deadline = time.monotonic() + self.config.no_heartbeat_timeout.total_seconds()
+        delay = 0.05
+        while True:
+            try:
+                fn()
+                return True
+            except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
+                if time.monotonic() + delay > deadline:
+                    return False
+                self.database_error(what, exc, retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def run_pending(self, timeout: float = 10.0) -> int:
+        """Claim and run every job due now on the calling thread's behalf, then wait for them:
+        a helper for tests and scripts. Returns the number of jobs run."""
+        if self._pool is None:
+            raise SchedulerStateError("start() the scheduler first")
+        total = 0
+        while True:
+            result = self.poller.run_once()
+            total += result.claimed
+            if not self.inflight.wait_empty(timeout):
+                raise TimeoutError("jobs still running")
+            if result.claimed < result.free_slots or result.claimed == 0:
+                return total
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code is None and orig is not None and orig.args and isinstance(orig.args[0], dict):
+        code = orig.args[0].get("C")  # pg8000
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+def _database(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+__all__ = ["Scheduler", "make_node_id"]
