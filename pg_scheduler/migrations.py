@@ -1,7 +1,7 @@
 """Install and upgrade pg_scheduler's tables with Alembic, from code.
 
 Pattern A (the default): pg_scheduler keeps its own Alembic version table,
-``{prefix}alembic_version`` (``pg_scheduler_alembic_version`` for the empty prefix), so it never
+``{prefix}alembic_version`` (``alembic_version_pg_scheduler`` for the empty prefix), so it never
 touches the host application's migration history::
 
     import pg_scheduler

@@ -79,8 +79,13 @@ class Names:
     @property
     def version_table(self) -> str:
         """Our own Alembic version table; never the host application's ``alembic_version``."""
+        if self.prefix:
+            return f"{self.prefix}alembic_version"
         # With the empty prefix, "{prefix}alembic_version" would be the host's own version table.
-        return f"{self.prefix or 'pg_scheduler_'}alembic_version"
+        # The replacement must not end in "alembic_version" either: "pg_scheduler_alembic_version"
+        # is also what the prefix "pg_scheduler_" derives, and two installations sharing a version
+        # table would each believe the other's tables are theirs (the second install a no-op).
+        return "alembic_version_pg_scheduler"
 
     # -- constraints and indexes ---------------------------------------------------------------
     def job(self, suffix: str) -> str:
