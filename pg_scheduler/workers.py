@@ -19,10 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .jobs import Job, JobCancelled, JobContext
+from .jobs import Job, JobContext
 from .records import ClaimedJob
 
 logger = logging.getLogger(__name__)
+
+# How often a worker waiting for an async job checks whether the job was asked to stop.
+_CANCEL_CHECK_SECONDS = 0.05
 
 
 class StopReason(enum.Enum):
@@ -148,21 +151,40 @@ class EventLoopThread:
         self.loop.run_forever()
 
     def run(self, awaitable: Any, cancelled: threading.Event) -> Any:
-        """Run ``awaitable`` on the loop and wait for it; cancel the task when ``cancelled`` is set,
-        so the job sees ``asyncio.CancelledError`` as well as ``ctx.cancelled``."""
+        """Run ``awaitable`` as a task on the loop and wait until that task has really ended.
 
-        async def wrap() -> Any:
-            return await awaitable
+        When ``cancelled`` is set the task is cancelled once, so the job sees
+        ``asyncio.CancelledError`` as well as ``ctx.cancelled``. The caller keeps waiting while the
+        job's ``except``/``finally`` blocks run: its slot is not freed, and its outcome not
+        written, before its code has stopped. The job's own exception (``CancelledError``
+        included) is raised here unchanged.
+        """
+        ended: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        tasks: list[asyncio.Future[Any]] = []
 
-        future = asyncio.run_coroutine_threadsafe(wrap(), self.loop)
-        while True:
+        def settle(task: asyncio.Future[Any]) -> None:
             try:
-                return future.result(timeout=0.05)
-            except concurrent.futures.TimeoutError:
-                if cancelled.is_set():
-                    future.cancel()
-            except concurrent.futures.CancelledError as exc:
-                raise JobCancelled("cancelled") from exc
+                ended.set_result(task.result())
+            except BaseException as exc:  # CancelledError is a BaseException
+                ended.set_exception(exc)
+
+        def start() -> None:
+            task = asyncio.ensure_future(awaitable)
+            task.add_done_callback(settle)
+            tasks.append(task)
+
+        def cancel() -> None:  # on the loop, so after start(): tasks[0] exists
+            tasks[0].cancel()
+
+        # Callbacks run in the order they were scheduled: start() runs before any cancel below.
+        self.loop.call_soon_threadsafe(start)
+        cancel_sent = False
+        while not ended.done():
+            concurrent.futures.wait([ended], timeout=_CANCEL_CHECK_SECONDS)
+            if not cancel_sent and cancelled.is_set() and not ended.done():
+                cancel_sent = True
+                self.loop.call_soon_threadsafe(cancel)
+        return ended.result()
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
