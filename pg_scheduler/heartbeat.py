@@ -8,16 +8,18 @@ requests made from other nodes are picked up here too.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .repository import JobRepository
-from .workers import StopReason
+from .workers import Inflight, RunningJob, StopReason
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -50,35 +52,19 @@ class Heartbeat:
         s = self.scheduler
         with self._lock:
             running = s.inflight.snapshot()
-            leases = [r.lease_id for r in running]
             try:
                 with Session(bind=self._connection()) as session, session.begin():
-                    repo = JobRepository(session, s.models)
-                    held = repo.heartbeat(s.node_id, leases)
-                    requested = repo.cancel_requested(held)
-                    if not repo.touch_node(s.node_id, s.registered_names()):
-                        # Our node row was swept (this node was silent past the orphan horizon).
-                        s.register_node(repo)
+                    held, requested = renew(
+                        JobRepository(session, s.models),
+                        s.node_id,
+                        [r.lease_id for r in running],
+                        s.registered_names(),
+                        s.register_node,
+                    )
             except Exception:
                 self._discard()
                 raise
-        # Jobs that finished while the statement ran are gone from inflight, not lost.
-        lost = [
-            r for r in running if r.lease_id not in held and s.inflight.get(r.lease_id) is not None
-        ]
-        for r in lost:
-            r.stop(StopReason.LEASE_LOST)
-            s.log.warning(
-                "job %r lost its lease (another node took it over); its outcome will be dropped",
-                r.claimed.key,
-                extra={"event": "job.lease_lost", "job_key": r.claimed.key, "node_id": s.node_id},
-            )
-        for r in running:
-            if r.lease_id in requested:
-                r.stop(StopReason.CANCEL_REQUESTED)
-        return HeartbeatResult(
-            len(held), tuple(r.lease_id for r in lost), tuple(sorted(requested, key=str))
-        )
+        return settle(running, held, requested, inflight=s.inflight, node_id=s.node_id, log=s.log)
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -116,3 +102,51 @@ class Heartbeat:
                 # Retry soon: a few missed beats are fine, the lease is several intervals long.
                 self.scheduler.database_error("heartbeat", exc, retry_in=min(1.0, interval))
                 self._stop.wait(min(1.0, interval))
+
+
+# ---------------------------------------------------------------------- shared with AsyncScheduler
+
+
+def renew(
+    repo: JobRepository,
+    node_id: str,
+    leases: list[uuid.UUID],
+    job_names: list[str],
+    register_node: Callable[[JobRepository], None],
+) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """One beat: renew ``leases`` and mark the node alive. Returns the leases still held and those
+    with a cancel request."""
+    held = repo.heartbeat(node_id, leases)
+    requested = repo.cancel_requested(held)
+    if not repo.touch_node(node_id, job_names):
+        # Our node row was swept (this node was silent past the orphan horizon).
+        register_node(repo)
+    return held, requested
+
+
+def settle(
+    running: list[RunningJob],
+    held: set[uuid.UUID],
+    requested: set[uuid.UUID],
+    *,
+    inflight: Inflight,
+    node_id: str,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> HeartbeatResult:
+    """Stop the jobs whose lease was lost (their outcome will be dropped) or whose cancel was
+    requested from another node. ``running`` is the snapshot the beat renewed."""
+    # Jobs that finished while the statement ran are gone from inflight, not lost.
+    lost = [r for r in running if r.lease_id not in held and inflight.get(r.lease_id) is not None]
+    for r in lost:
+        r.stop(StopReason.LEASE_LOST)
+        log.warning(
+            "job %r lost its lease (another node took it over); its outcome will be dropped",
+            r.claimed.key,
+            extra={"event": "job.lease_lost", "job_key": r.claimed.key, "node_id": node_id},
+        )
+    for r in running:
+        if r.lease_id in requested:
+            r.stop(StopReason.CANCEL_REQUESTED)
+    return HeartbeatResult(
+        len(held), tuple(r.lease_id for r in lost), tuple(sorted(requested, key=str))
+    )

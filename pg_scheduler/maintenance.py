@@ -6,10 +6,14 @@ soon after start (the original waited a full timeout period: 14 days for the orp
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .config import SchedulerConfig
+from .repository import JobRepository
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -47,35 +51,13 @@ class Maintenance:
         # failing too; give them a beat to resume before judging anyone stalled.
         skip_rescue = s.seconds_since_database_error() < 2 * cfg.heartbeat_interval.total_seconds()
         rescued = failed = cleaned = orphans = 0
-        with s.transaction() as repo:
-            if not skip_rescue:
-                taken = repo.rescue_stalled(cfg.no_heartbeat_timeout)
-                rescued, failed = len(taken.pending), len(taken.failed)
-                for key in taken.pending:
-                    s.log.warning(
-                        "job %r stalled (no heartbeat for %s); handed back to pending",
-                        key,
-                        cfg.no_heartbeat_timeout,
-                        extra={"event": "job.rescued", "job_key": key},
-                    )
-                for key in taken.failed:
-                    s.log.error(
-                        "job %r stalled on its last attempt; marked failed",
-                        key,
-                        extra={"event": "job.failed", "job_key": key},
-                    )
+        if not skip_rescue:
+            with s.transaction() as repo:
+                rescued, failed = rescue(repo, cfg, s.log)
         if cleanup:
             with s.transaction() as repo:
-                cleaned = repo.cleanup_finished(cfg.finished_job_retention)
-                orphans = len(repo.delete_orphans(cfg.orphaned_job_timeout))
+                cleaned, orphans = clean(repo, cfg, s.log)
             self._last_cleanup = now
-            if cleaned or orphans:
-                s.log.info(
-                    "maintenance deleted %d finished and %d orphaned jobs",
-                    cleaned,
-                    orphans,
-                    extra={"event": "maintenance.cleaned", "cleaned": cleaned, "orphans": orphans},
-                )
         return MaintenanceResult(rescued, failed, cleaned, orphans, skip_rescue)
 
     def start(self) -> None:
@@ -90,12 +72,56 @@ class Maintenance:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        cfg = self.scheduler.config
-        interval = min(cfg.heartbeat_interval, cfg.job_check_interval).total_seconds()
-        delay = min(FIRST_PASS_DELAY_SECONDS, interval)
+        interval, delay = pass_interval(self.scheduler.config)
         while not self._stop.wait(delay):
             delay = interval
             try:
                 self.run_once()
             except Exception as exc:
                 self.scheduler.database_error("maintenance", exc, retry_in=interval)
+
+
+# ---------------------------------------------------------------------- shared with AsyncScheduler
+
+
+def pass_interval(cfg: SchedulerConfig) -> tuple[float, float]:
+    """Seconds between passes, and before the first one (soon after start)."""
+    interval = min(cfg.heartbeat_interval, cfg.job_check_interval).total_seconds()
+    return interval, min(FIRST_PASS_DELAY_SECONDS, interval)
+
+
+def rescue(
+    repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> tuple[int, int]:
+    """Take back stalled leases; returns (handed back to pending, marked failed)."""
+    taken = repo.rescue_stalled(cfg.no_heartbeat_timeout)
+    for key in taken.pending:
+        log.warning(
+            "job %r stalled (no heartbeat for %s); handed back to pending",
+            key,
+            cfg.no_heartbeat_timeout,
+            extra={"event": "job.rescued", "job_key": key},
+        )
+    for key in taken.failed:
+        log.error(
+            "job %r stalled on its last attempt; marked failed",
+            key,
+            extra={"event": "job.failed", "job_key": key},
+        )
+    return len(taken.pending), len(taken.failed)
+
+
+def clean(
+    repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> tuple[int, int]:
+    """Delete finished one-time jobs past retention and orphaned jobs; returns both counts."""
+    cleaned = repo.cleanup_finished(cfg.finished_job_retention)
+    orphans = len(repo.delete_orphans(cfg.orphaned_job_timeout))
+    if cleaned or orphans:
+        log.info(
+            "maintenance deleted %d finished and %d orphaned jobs",
+            cleaned,
+            orphans,
+            extra={"event": "maintenance.cleaned", "cleaned": cleaned, "orphans": orphans},
+        )
+    return cleaned, orphans

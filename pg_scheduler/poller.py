@@ -8,8 +8,12 @@ time without fast polling, and an idle node sends almost nothing.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .records import ClaimedJob
+from .repository import JobRepository
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -46,13 +50,7 @@ class Poller:
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
         with s.transaction() as repo:
-            claimed = repo.claim(s.node_id, names, free)
-            wait: float | None = None
-            if len(claimed) < free:
-                # Not slot-bound: learn when the next job falls due, to sleep exactly that long.
-                db_now, next_run = repo.next_due(names)
-                if next_run is not None:
-                    wait = max(0.0, (next_run - db_now).total_seconds())
+            claimed, wait = claim_due(repo, s.node_id, names, free)
         for job in claimed:
             s.dispatch(job)
         return PollResult(len(claimed), free, wait)
@@ -82,17 +80,40 @@ class Poller:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                delay = min(0.2 * 2**failures, interval, 10.0)
+                delay = failure_delay(failures, interval)
                 s.database_error("poll", exc, retry_in=delay)
                 self._wake.wait(delay)
                 continue
-            if result.claimed and result.claimed == result.free_slots:
-                # Slot-bound: more may be due. Poll again when a job finishes and frees a slot.
-                timeout = interval
-            elif result.wait_seconds is not None:
-                timeout = min(interval, result.wait_seconds + _DUE_MARGIN_SECONDS)
-            else:
-                timeout = interval
-            if result.free_slots == 0:
-                timeout = interval
-            self._wake.wait(timeout)
+            self._wake.wait(sleep_after(result, interval))
+
+
+# ---------------------------------------------------------------------- shared with AsyncScheduler
+
+
+def claim_due(
+    repo: JobRepository, node_id: str, names: Sequence[str], free: int
+) -> tuple[list[ClaimedJob], float | None]:
+    """Claim up to ``free`` due jobs; when fewer were due, also learn how many seconds until the
+    next one falls due (None: none known), to sleep exactly that long."""
+    claimed = repo.claim(node_id, names, free)
+    wait: float | None = None
+    if len(claimed) < free:
+        db_now, next_run = repo.next_due(names)
+        if next_run is not None:
+            wait = max(0.0, (next_run - db_now).total_seconds())
+    return claimed, wait
+
+
+def sleep_after(result: PollResult, interval: float) -> float:
+    """How long to sleep after a pass (a wake-up may end the sleep early)."""
+    if result.free_slots == 0 or (result.claimed and result.claimed == result.free_slots):
+        # Slot-bound: more may be due. Poll again when a job finishes and frees a slot.
+        return interval
+    if result.wait_seconds is not None:
+        return min(interval, result.wait_seconds + _DUE_MARGIN_SECONDS)
+    return interval
+
+
+def failure_delay(failures: int, interval: float) -> float:
+    """Back-off after ``failures`` failed passes in a row."""
+    return min(0.2 * 2.0**failures, interval, 10.0)
