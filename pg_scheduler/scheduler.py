@@ -23,24 +23,36 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
-from .cron import is_too_late
 from .errors import (
     DatabaseUnavailableError,
-    DuplicateJobError,
     PgSchedulerError,
     SchedulerStateError,
     SchemaNotInstalledError,
 )
 from .heartbeat import Heartbeat
-from .jobs import FunctionJob, Job, JobConfig, JobContext
+from .jobs import FunctionJob, Job, JobConfig
 from .maintenance import Maintenance
 from .models import Models, build_models
+from .naming import Names
 from .notify import Listener
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .repository import CancelResult, JobRepository, OneTimeSpec, Outcome, RecurringSpec
-from .states import JobStatus, JobType, RunStatus
-from .workers import EventLoopThread, Inflight, RunningJob, StopReason, WorkerPool, execute
+from .registry import JobRegistry, schedule
+from .repository import CancelResult, FinishResult, JobRepository, Outcome
+from .states import JobStatus, JobType
+from .workers import (
+    EventLoopThread,
+    Inflight,
+    RunningJob,
+    StopReason,
+    WorkerPool,
+    attempt_outcome,
+    execute,
+    misfire_outcome,
+    new_context,
+    report_dropped,
+    report_outcome,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,8 +87,7 @@ class Scheduler:
             self.engine, expire_on_commit=False
         )
         self.inflight = Inflight()
-        self._jobs: dict[str, Job] = {}
-        self._jobs_lock = threading.Lock()
+        self._registry = JobRegistry()
         self._state = "new"  # new -> running -> stopped
         self._state_lock = threading.Lock()
         self._schema_ok = False
@@ -95,18 +106,13 @@ class Scheduler:
         try:
             with self.session_factory() as session, session.begin():
                 yield self.repository(session)
-        except sa.exc.ProgrammingError as exc:
-            if _sqlstate(exc) == _UNDEFINED_TABLE:
+        except sa.exc.DBAPIError as exc:
+            error = translate_error(exc, self.names, self.engine.url)
+            if error is None:
+                raise
+            if isinstance(error, SchemaNotInstalledError):
                 self._schema_ok = False
-                raise SchemaNotInstalledError(
-                    f"pg_scheduler tables ({self.names.qualified(self.names.jobs_table)}) are not "
-                    "installed: run `pg-scheduler db upgrade` or pg_scheduler.migrations.upgrade()"
-                ) from exc
-            raise
-        except sa.exc.OperationalError as exc:
-            raise DatabaseUnavailableError(
-                f"database unavailable ({_database(self.engine)}): {_first_line(exc)}"
-            ) from exc
+            raise error from exc
 
     def repository(self, session: Session) -> JobRepository:
         """A repository on ``session`` (the caller owns its transaction)."""
@@ -145,9 +151,7 @@ class Scheduler:
             try:
                 migrations.check_schema(self.engine, self.names)
             except sa.exc.OperationalError as exc:
-                raise DatabaseUnavailableError(
-                    f"database unavailable ({_database(self.engine)}): {_first_line(exc)}"
-                ) from exc
+                raise unavailable(exc, self.engine.url) from exc
         self._schema_ok = True
 
     # ------------------------------------------------------------------ registry
@@ -157,49 +161,24 @@ class Scheduler:
         Registering the same name again with a job of the same class keeps the first instance; a
         different class is an error.
         """
-        if not isinstance(job, Job):
-            raise TypeError(f"register() needs a Job, got {type(job).__name__}")
-        with self._jobs_lock:
-            existing = self._jobs.get(job.name)
-            if existing is not None:
-                if type(existing) is not type(job) or (
-                    isinstance(job, FunctionJob)
-                    and isinstance(existing, FunctionJob)
-                    and existing.fn is not job.fn
-                ):
-                    raise DuplicateJobError(
-                        f"job name {job.name!r} is already registered to {existing!r}"
-                    )
-                return existing
-            self._jobs[job.name] = job
+        job = self._registry.add(job)
         if self._state == "running":
             self.poller.wake()
         return job
 
     def registered_names(self) -> list[str]:
-        with self._jobs_lock:
-            return list(self._jobs)
+        return self._registry.names()
 
     def registered_job(self, name: str) -> Job | None:
-        with self._jobs_lock:
-            return self._jobs.get(name)
+        return self._registry.get(name)
 
     def schedule_job(self, job: Job) -> str:
         """Register ``job`` and schedule it: a recurring job's row is created or updated; a
         one-time job is enqueued once with its config's params. Returns the job key."""
         self.register(job)
-        cfg = job.config
         self._ensure_schema()
         with self.transaction() as repo:
-            if cfg.job_type is JobType.RECURRING:
-                assert cfg.schedule is not None
-                record = repo.upsert_recurring(
-                    RecurringSpec(
-                        cfg.name, cfg.schedule, cfg.retries, cfg.misfire, cfg.misfire_grace
-                    )
-                )
-                return record.key
-            return repo.insert_one_time(OneTimeSpec(cfg.name, cfg.params, cfg.retries, cfg.run_at))
+            return schedule(repo, job.config)
 
     def recurring(
         self,
@@ -239,14 +218,6 @@ class Scheduler:
         return decorate
 
     # ------------------------------------------------------------------ enqueue and inspect
-    def _spec(
-        self, name: str, params: Any, retries: int | None, run_at: dt.datetime | None
-    ) -> OneTimeSpec:
-        if retries is None:
-            handler = self.registered_job(name)
-            retries = handler.config.retries if handler is not None else 0
-        return OneTimeSpec(name, params, retries, run_at)
-
     def enqueue(
         self,
         name: str,
@@ -262,7 +233,7 @@ class Scheduler:
         if the caller commits. ``retries`` defaults to the registered handler's. Nodes are woken
         by NOTIFY when the transaction commits.
         """
-        spec = self._spec(name, params, retries, run_at)
+        spec = self._registry.one_time_spec(name, params, retries, run_at)
         if session is not None:
             return self.repository(session).insert_one_time(spec)
         self._ensure_schema()
@@ -279,7 +250,9 @@ class Scheduler:
         session: Session | None = None,
     ) -> list[str]:
         """Enqueue one run of ``name`` per element of ``params_list`` in one batched INSERT."""
-        specs = [self._spec(name, params, retries, run_at) for params in params_list]
+        specs = [
+            self._registry.one_time_spec(name, params, retries, run_at) for params in params_list
+        ]
         if session is not None:
             return self.repository(session).insert_many(specs)
         self._ensure_schema()
@@ -355,7 +328,7 @@ class Scheduler:
         self.log.info(
             "node %s started (%d jobs registered)",
             self.node_id,
-            len(self._jobs),
+            len(self._registry),
             extra={"event": "node.started", "node_id": self.node_id},
         )
         return self
@@ -440,17 +413,7 @@ class Scheduler:
     def dispatch(self, claimed: ClaimedJob) -> None:
         """Run a claimed job on a worker thread (called by the poller after the claim commits)."""
         job = self.registered_job(claimed.name)
-        record = claimed.job
-        ctx = JobContext(
-            params=record.params if record.params is not None else {},
-            job_name=record.name,
-            job_key=record.key,
-            attempt=record.attempt,
-            scheduled_at=record.scheduled_at or claimed.claimed_at,
-            node_id=self.node_id,
-            logger=self.log,
-            max_retries=record.max_retries,
-        )
+        ctx = new_context(claimed, self.node_id, self.log)
         if job is None:  # pragma: no cover - names are never unregistered; kept as a guard
             with self.transaction() as repo:
                 repo.release(self.node_id, [claimed.lease_id])
@@ -468,55 +431,29 @@ class Scheduler:
 
     def _run(self, running: RunningJob) -> None:
         claimed, ctx = running.claimed, running.ctx
-        record = claimed.job
         try:
-            if record.job_type is JobType.RECURRING and is_too_late(
-                tick=ctx.scheduled_at,
-                now=claimed.claimed_at,
-                misfire=record.misfire,  # type: ignore[arg-type]
-                grace=record.misfire_grace,
-            ):
-                outcome: Outcome | None = Outcome(
-                    RunStatus.SKIPPED, 0, "skipped: tick later than misfire_grace"
-                )
-            else:
+            outcome = misfire_outcome(claimed)
+            if outcome is None:
                 self.log.debug(
                     "job %r attempt %d started",
-                    record.key,
+                    claimed.key,
                     ctx.attempt,
-                    extra={"event": "job.claimed", "job_key": record.key},
+                    extra={"event": "job.claimed", "job_key": claimed.key},
                 )
                 started = time.monotonic()
                 loop = self._event_loop() if running.job.is_async else None
                 error = execute(running, loop)
                 duration_ms = int((time.monotonic() - started) * 1000)
-                outcome = self._outcome(running, error, duration_ms)
+                outcome = attempt_outcome(running, error, duration_ms)
             self._finish(running, outcome)
         finally:
             self.inflight.remove(running.lease_id)
             self.poller.wake()  # a slot is free
 
-    def _outcome(
-        self, running: RunningJob, error: BaseException | None, duration_ms: int
-    ) -> Outcome | None:
-        if error is None:
-            return Outcome(RunStatus.COMPLETED, duration_ms)
-        reason = running.stop_reason
-        if reason is StopReason.CANCEL_REQUESTED:
-            return Outcome(RunStatus.CANCELLED, duration_ms, "cancelled on request")
-        if reason is StopReason.SHUTDOWN:
-            return None  # hand it back: its node is going away, the job did not fail
-        return Outcome.from_exception(error, duration_ms)
-
     def _finish(self, running: RunningJob, outcome: Outcome | None) -> None:
         claimed = running.claimed
-        key = claimed.key
         if running.stop_reason is StopReason.LEASE_LOST:
-            self.log.warning(
-                "job %r finished after losing its lease; outcome dropped",
-                key,
-                extra={"event": "job.lease_lost", "job_key": key},
-            )
+            report_dropped(self.log, claimed.key)
             return
         if outcome is None:
 
@@ -527,55 +464,14 @@ class Scheduler:
             self._retry_database("release", release)
             return
 
-        result_box: list[Any] = []
+        result_box: list[FinishResult] = []
 
         def write() -> None:
             with self.transaction() as repo:
                 result_box.append(repo.finish(claimed, outcome))
 
-        if not self._retry_database("record outcome", write):
-            self.log.error(
-                "could not record the outcome of job %r; its lease will expire and it will be "
-                "rescued",
-                key,
-                extra={"event": "job.outcome_lost", "job_key": key},
-            )
-            return
-        result = result_box[0]
-        if not result.applied:
-            self.log.warning(
-                "job %r: lease lost before its outcome was written; outcome dropped",
-                key,
-                extra={"event": "job.lease_lost", "job_key": key},
-            )
-            return
-        event = (
-            {
-                JobStatus.COMPLETED: "job.completed",
-                JobStatus.FAILED: "job.failed",
-                JobStatus.CANCELLED: "job.cancelled",
-            }.get(result.status)
-            if result.status is not None
-            else None
-        )
-        if outcome.status is RunStatus.FAILED:
-            event = event or "job.retry_scheduled"
-            level = logging.ERROR if event == "job.failed" else logging.WARNING
-            self.log.log(
-                level,
-                "job %r attempt %d failed: %s",
-                key,
-                claimed.job.attempt,
-                (outcome.error or "").splitlines()[0] if outcome.error else "",
-                extra={"event": event, "job_key": key, "next_run": result.next_run},
-            )
-        else:
-            self.log.debug(
-                "job %r %s",
-                key,
-                outcome.status.value,
-                extra={"event": event or "job.rescheduled", "job_key": key},
-            )
+        written = self._retry_database("record outcome", write)
+        report_outcome(self.log, claimed, outcome, result_box[0] if written else None)
 
     def _retry_database(self, what: str, fn: Callable[[], None]) -> bool:
         """Run ``fn`` until it succeeds, retrying database outages for up to
@@ -608,6 +504,23 @@ class Scheduler:
                 return total
 
 
+def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:
+    """Our error for a driver error that means "not installed" or "unreachable", else None."""
+    if isinstance(exc, sa.exc.ProgrammingError) and _sqlstate(exc) == _UNDEFINED_TABLE:
+        return SchemaNotInstalledError(
+            f"pg_scheduler tables ({names.qualified(names.jobs_table)}) are not "
+            "installed: run `pg-scheduler db upgrade` or pg_scheduler.migrations.upgrade()"
+        )
+    if isinstance(exc, sa.exc.OperationalError):
+        return unavailable(exc, url)
+    return None
+
+
+def unavailable(exc: BaseException, url: sa.URL) -> DatabaseUnavailableError:
+    database = url.render_as_string(hide_password=True)
+    return DatabaseUnavailableError(f"database unavailable ({database}): {_first_line(exc)}")
+
+
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -620,10 +533,6 @@ def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
     return text[0] if text else type(orig).__name__
-
-
-def _database(engine: sa.Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
 
 
 __all__ = ["Scheduler", "make_node_id"]

@@ -19,8 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cron import is_too_late
 from .jobs import Job, JobContext
 from .records import ClaimedJob
+from .repository import FinishResult, Outcome
+from .states import JobStatus, JobType, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +222,128 @@ def execute(running: RunningJob, loop: EventLoopThread | None) -> BaseException 
         try:
             call_hook(job.shutdown, ctx, loop)
         except BaseException as exc:
-            # The original turned teardown errors into job failures (and retries); we log them.
-            ctx.logger.error(
-                "job %r shutdown hook failed: %r",
-                ctx.job_name,
-                exc,
-                extra={"event": "job.shutdown_hook_failed", "job_key": ctx.job_key},
-            )
+            shutdown_hook_failed(ctx, exc)
     return error
+
+
+# ---------------------------------------------------------------------- one attempt, both schedulers
+# What follows decides and reports; it does no I/O. Scheduler and AsyncScheduler both use it, so
+# the two cannot drift apart on what an attempt's end means.
+
+
+def new_context(
+    claimed: ClaimedJob, node_id: str, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> JobContext:
+    """The context of a run this node has just claimed."""
+    record = claimed.job
+    return JobContext(
+        params=record.params if record.params is not None else {},
+        job_name=record.name,
+        job_key=record.key,
+        attempt=record.attempt,
+        scheduled_at=record.scheduled_at or claimed.claimed_at,
+        node_id=node_id,
+        logger=log,
+        max_retries=record.max_retries,
+    )
+
+
+def misfire_outcome(claimed: ClaimedJob) -> Outcome | None:
+    """``skipped`` for a recurring tick claimed later than its misfire policy allows (it is
+    recorded, not run); None when the job should run."""
+    record = claimed.job
+    if record.job_type is JobType.RECURRING and is_too_late(
+        tick=record.scheduled_at or claimed.claimed_at,
+        now=claimed.claimed_at,
+        misfire=record.misfire,  # type: ignore[arg-type]
+        grace=record.misfire_grace,
+    ):
+        return Outcome(RunStatus.SKIPPED, 0, "skipped: tick later than misfire_grace")
+    return None
+
+
+def attempt_outcome(
+    running: RunningJob, error: BaseException | None, duration_ms: int
+) -> Outcome | None:
+    """How an attempt ended, from the exception it raised and why it was asked to stop.
+
+    None means "hand the job back" (its node is shutting down; the job did not fail). A job that
+    finished despite being asked to stop has completed.
+    """
+    if error is None:
+        return Outcome(RunStatus.COMPLETED, duration_ms)
+    reason = running.stop_reason
+    if reason is StopReason.CANCEL_REQUESTED:
+        return Outcome(RunStatus.CANCELLED, duration_ms, "cancelled on request")
+    if reason is StopReason.SHUTDOWN:
+        return None
+    return Outcome.from_exception(error, duration_ms)
+
+
+def shutdown_hook_failed(ctx: JobContext, exc: BaseException) -> None:
+    # The original turned teardown errors into job failures (and retries); we log them.
+    ctx.logger.error(
+        "job %r shutdown hook failed: %r",
+        ctx.job_name,
+        exc,
+        extra={"event": "job.shutdown_hook_failed", "job_key": ctx.job_key},
+    )
+
+
+def report_dropped(log: logging.Logger | logging.LoggerAdapter[Any], key: str) -> None:
+    """The job finished after this node lost its lease: nothing was written."""
+    log.warning(
+        "job %r finished after losing its lease; outcome dropped",
+        key,
+        extra={"event": "job.lease_lost", "job_key": key},
+    )
+
+
+_FINISH_EVENTS = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+
+
+def report_outcome(
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    claimed: ClaimedJob,
+    outcome: Outcome,
+    result: FinishResult | None,
+) -> None:
+    """Log what an outcome write did (``result`` None: it could not be written at all)."""
+    key = claimed.key
+    if result is None:
+        log.error(
+            "could not record the outcome of job %r; its lease will expire and it will be rescued",
+            key,
+            extra={"event": "job.outcome_lost", "job_key": key},
+        )
+        return
+    if not result.applied:
+        log.warning(
+            "job %r: lease lost before its outcome was written; outcome dropped",
+            key,
+            extra={"event": "job.lease_lost", "job_key": key},
+        )
+        return
+    event = _FINISH_EVENTS.get(result.status) if result.status is not None else None
+    if outcome.status is RunStatus.FAILED:
+        event = event or "job.retry_scheduled"
+        level = logging.ERROR if event == "job.failed" else logging.WARNING
+        log.log(
+            level,
+            "job %r attempt %d failed: %s",
+            key,
+            claimed.job.attempt,
+            (outcome.error or "").splitlines()[0] if outcome.error else "",
+            extra={"event": event, "job_key": key, "next_run": result.next_run},
+        )
+    else:
+        log.debug(
+            "job %r %s",
+            key,
+            outcome.status.value,
+            extra={"event": event or "job.rescheduled", "job_key": key},
+        )

@@ -1,0 +1,80 @@
+"""The jobs a node can run, by name, and how a ``JobConfig`` becomes rows.
+
+Shared by ``Scheduler`` and ``AsyncScheduler``: the rules for registering a name twice, the default
+retries of an enqueue, and which repository call schedules a job live here once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+from .errors import DuplicateJobError
+from .jobs import FunctionJob, Job, JobConfig
+from .repository import JobRepository, OneTimeSpec, RecurringSpec
+from .states import JobType
+
+
+class JobRegistry:
+    """Thread-safe map from job name to the ``Job`` that runs it on this node."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> Job:
+        """Register ``job``; returns the registered instance.
+
+        Registering a name again with a job of the same class (and, for function jobs, the same
+        function) keeps the first instance; anything else under a taken name is an error.
+        """
+        if not isinstance(job, Job):
+            raise TypeError(f"register() needs a Job, got {type(job).__name__}")
+        with self._lock:
+            existing = self._jobs.get(job.name)
+            if existing is None:
+                self._jobs[job.name] = job
+                return job
+        if type(existing) is not type(job) or (
+            isinstance(job, FunctionJob)
+            and isinstance(existing, FunctionJob)
+            and existing.fn is not job.fn
+        ):
+            raise DuplicateJobError(f"job name {job.name!r} is already registered to {existing!r}")
+        return existing
+
+    def get(self, name: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def one_time_spec(
+        self, name: str, params: Any, retries: int | None, run_at: dt.datetime | None
+    ) -> OneTimeSpec:
+        """What an enqueue of ``name`` inserts; ``retries`` defaults to the registered handler's."""
+        if retries is None:
+            handler = self.get(name)
+            retries = handler.config.retries if handler is not None else 0
+        return OneTimeSpec(name, params, retries, run_at)
+
+
+def schedule(repo: JobRepository, config: JobConfig) -> str:
+    """Create or update a recurring job's row, or enqueue one run of a one-time job with its
+    config's params. Returns the job key."""
+    if config.job_type is JobType.RECURRING:
+        assert config.schedule is not None
+        spec = RecurringSpec(
+            config.name, config.schedule, config.retries, config.misfire, config.misfire_grace
+        )
+        return repo.upsert_recurring(spec).key
+    return repo.insert_one_time(
+        OneTimeSpec(config.name, config.params, config.retries, config.run_at)
+    )
