@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from . import states
 from .config import RetryBackoff
 from .cron import CronSchedule, MisfirePolicy, next_run_after
-from .errors import InvalidStateError, JobNotFoundError
+from .errors import ConfigError, InvalidStateError, JobNotFoundError
 from .models import Models
 from .naming import validate_job_name
 from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
@@ -71,6 +71,12 @@ class Outcome:
     def from_exception(cls, exc: BaseException, duration_ms: int) -> Outcome:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(RunStatus.FAILED, duration_ms, describe_error(exc, text))
+
+
+def _check_retries(retries: object) -> None:
+    # Refused here, not by the CHECK constraint: a database error would not say which value.
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
 
 
 def describe_error(exc: BaseException, formatted: str | None = None) -> str:
@@ -169,6 +175,7 @@ class JobRepository:
         retry is in progress), and never touches a running lease or a cancelled job's state.
         """
         validate_job_name(spec.name)
+        _check_retries(spec.retries)
         j = self.jobs.c
         first = spec.schedule.next_after(self.now())
         stmt = postgresql.insert(self.jobs).values(
@@ -209,11 +216,13 @@ class JobRepository:
 
     def _one_time_values(self, spec: OneTimeSpec) -> dict[str, Any]:
         validate_job_name(spec.name)
-        if spec.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {spec.retries}")
-        if spec.run_at is not None and spec.run_at.tzinfo is None:
+        _check_retries(spec.retries)
+        run_at: object = spec.run_at
+        if run_at is not None and (
+            not isinstance(run_at, dt.datetime) or run_at.utcoffset() is None
+        ):
             # Drivers disagree by hours on naive timestamps into timestamptz; refuse them.
-            raise ValueError(f"run_at must be timezone-aware, got naive {spec.run_at.isoformat()}")
+            raise ConfigError(f"run_at must be a timezone-aware datetime, got {run_at!r}")
         return {
             "key": f"{spec.name}#{uuid.uuid4()}",
             "name": spec.name,
@@ -261,6 +270,15 @@ class JobRepository:
         """
         if limit <= 0 or not names:
             return []
+        result: list[ClaimedJob] = []
+        for row in self._execute(self.claim_statement(node_id, names, limit)).mappings():
+            record = JobRecord.from_row(row)
+            assert record.lease_id is not None
+            result.append(ClaimedJob(record, record.lease_id, row["claimed_at"]))
+        return result
+
+    def claim_statement(self, node_id: str, names: Sequence[str], limit: int) -> sa.Select[Any]:
+        """The statement ``claim`` runs (exposed so tests and benchmarks can EXPLAIN it)."""
         j, r = self.jobs.c, self.runs.c
         due = (
             sa.select(j.key)
@@ -309,13 +327,7 @@ class JobRepository:
             )
             .cte("record_runs")
         )
-        stmt = sa.select(claimed).add_cte(record_runs).order_by(claimed.c.next_run)
-        result: list[ClaimedJob] = []
-        for row in self._execute(stmt).mappings():
-            record = JobRecord.from_row(row)
-            assert record.lease_id is not None
-            result.append(ClaimedJob(record, record.lease_id, row["claimed_at"]))
-        return result
+        return sa.select(claimed).add_cte(record_runs).order_by(claimed.c.next_run)
 
     def next_due(self, names: Sequence[str]) -> tuple[dt.datetime, dt.datetime | None]:
         """The database time now, and the earliest future ``next_run`` among ``names``' jobs."""
@@ -480,9 +492,20 @@ class JobRepository:
             .cte("victims")
             .prefix_with("MATERIALIZED")
         )
+        # A rescued job whose node died on its last attempt has failed. A released one has not:
+        # its node merely shut down, so it always goes back to pending (attempt still counted).
         one_time_exhausted = sa.and_(
-            j.job_type == JobType.ONE_TIME.value, j.attempt > j.max_retries
+            sa.literal(run_status is RunStatus.LOST),
+            j.job_type == JobType.ONE_TIME.value,
+            j.attempt > j.max_retries,
         )
+        failure: dict[str, Any] = {}
+        if run_status is RunStatus.LOST:  # a node that vanished mid-run counts as a failure
+            failure = {
+                "last_failure_at": now(),
+                "consecutive_failures": j.consecutive_failures + 1,
+                "last_error": reason,
+            }
         moved = (
             sa.update(self.jobs)
             .where(
@@ -502,10 +525,8 @@ class JobRepository:
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,
-                last_failure_at=now(),
-                consecutive_failures=j.consecutive_failures + 1,
-                last_error=reason,
                 updated_at=now(),
+                **failure,
             )
             .returning(
                 j.key,
@@ -548,7 +569,8 @@ class JobRepository:
                 failed.append(row["key"])
                 continue
             pending.append(row["key"])
-            if row["job_type"] == JobType.RECURRING.value and row["attempt"] > row["max_retries"]:
+            exhausted = row["attempt"] > row["max_retries"] and run_status is RunStatus.LOST
+            if row["job_type"] == JobType.RECURRING.value and exhausted:
                 # A recurring job out of attempts for this tick goes back to its schedule. The row
                 # is locked by the statement above until this transaction ends, so this second
                 # write cannot race anyone.
