@@ -483,12 +483,16 @@ class JobRepository:
         self, condition: sa.ColumnElement[bool], run_status: RunStatus, reason: str, limit: int
     ) -> TakeBackResult:
         j, r = self.jobs.c, self.runs.c
+        # The rescuer skips rows locked by someone else (a heartbeat or an outcome write in
+        # flight): it looks again next pass. A release must wait for them instead: skipping a row
+        # that our own heartbeat happens to be renewing would leave it running under a dead node.
+        skip_locked = run_status is RunStatus.LOST
         victims = (
             sa.select(j.key, j.lease_id)
             .where(j.status == JobStatus.RUNNING.value, condition)
             .order_by(j.heartbeat_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=skip_locked)
             .cte("victims")
             .prefix_with("MATERIALIZED")
         )
