@@ -183,7 +183,7 @@ class EventFormatter(logging.Formatter):
 
 
 def main() -> None:
-    global RECORDER
+    global RECORDER  # noqa: PLW0603 - the job classes are looked up by name in CATALOG
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(EventFormatter("%(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -6,6 +6,7 @@ their own connections, and over the runs table.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -56,7 +57,7 @@ def test_four_nodes_run_every_tick_exactly_once(cluster: Cluster) -> None:
     )
     assert overlaps == []
     ticks = [row[0] for row in cluster.query(f"SELECT scheduled_at FROM {table} ORDER BY 1")]
-    gaps = {(b - a).total_seconds() for a, b in zip(ticks, ticks[1:])}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
     assert gaps == {1.0}, f"every second ran, none missed: {sorted(gaps)}"
     runs = cluster.query(
         f"SELECT job_key, scheduled_at FROM {cluster.names.runs_table} "
