@@ -27,15 +27,27 @@ def encode_params(params: Any, max_bytes: int = DEFAULT_MAX_PARAMS_BYTES) -> str
         text = json.dumps(params, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except TypeError as exc:
         raise PayloadNotJSONError(f"job parameters are not JSON-serialisable: {exc}") from exc
-    except ValueError as exc:
-        raise PayloadNotJSONError(
-            f"job parameters contain a float JSON cannot represent (NaN or infinity): {exc}"
-        ) from exc
     except RecursionError as exc:
         raise PayloadNotJSONError(
             "job parameters are nested too deeply to serialise as JSON"
         ) from exc
-    size = len(text.encode("utf-8"))
+    except ValueError as exc:
+        # json raises ValueError for NaN/infinities, but also for circular references and for
+        # integers too long to print; name the one that happened.
+        what = (
+            "a float JSON cannot represent (NaN or infinity)"
+            if "Out of range float" in str(exc)
+            else "a value JSON cannot represent"
+        )
+        raise PayloadNotJSONError(f"job parameters contain {what}: {exc}") from exc
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        # A lone surrogate ("\ud800") is a Python str but not Unicode text; jsonb refuses it.
+        raise PayloadNotJSONError(
+            f"job parameters contain a lone surrogate {text[exc.start : exc.end]!r}, "
+            "which is not valid Unicode text"
+        ) from exc
     if size > max_bytes:
         raise PayloadTooLargeError(size, max_bytes)
     if _NUL_ESCAPE.search(text):
