@@ -48,6 +48,9 @@ class RunningJob:
     ctx: JobContext
     started: float = field(default_factory=time.monotonic)
     stop_reason: StopReason | None = None
+    on_stop: Callable[[], None] | None = field(default=None, repr=False)
+    """Called at the first ``stop()``, after ``ctx.cancelled`` is set (AsyncScheduler cancels the
+    job's task there)."""
 
     @property
     def lease_id(self) -> uuid.UUID:
@@ -56,9 +59,12 @@ class RunningJob:
     def stop(self, reason: StopReason) -> None:
         # The first reason wins, except that a lost lease overrides everything: nothing may be
         # written for a lease that is no longer ours.
-        if self.stop_reason is None or reason is StopReason.LEASE_LOST:
+        first = self.stop_reason is None
+        if first or reason is StopReason.LEASE_LOST:
             self.stop_reason = reason
         self.ctx.cancelled.set()
+        if first and self.on_stop is not None:
+            self.on_stop()
 
 
 class Inflight:
