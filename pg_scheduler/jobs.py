@@ -172,13 +172,14 @@ class Job:
 
     @property
     def is_async(self) -> bool:
-        return any(_is_async(getattr(self, hook)) for hook in ("init", "run", "shutdown"))
+        return any(is_async_callable(getattr(self, hook)) for hook in ("init", "run", "shutdown"))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions and objects with an ``async def __call__``."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
     )
@@ -192,7 +193,7 @@ class FunctionJob(Job):
         if not callable(fn):
             raise ConfigError(f"job {config.name!r}: {fn!r} is not callable")
         self.fn = fn
-        if _is_async(fn):
+        if is_async_callable(fn):
             self.run = self._run_async  # type: ignore[method-assign]
 
     def run(self, ctx: JobContext) -> Any:
