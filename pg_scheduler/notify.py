@@ -72,9 +72,7 @@ class Listener:
         self._close()
 
     def _listen_sql(self) -> str:
-        # LISTEN takes an identifier, not a bind parameter, so this is the one statement built as
-        # text; the channel comes from validated names and is quoted by the dialect's preparer.
-        return "LISTEN " + self.engine.dialect.identifier_preparer.quote_identifier(self.channel)
+        return listen_sql(self.engine.dialect, self.channel)
 
     def _connect(self) -> Any:
         fairy = self.engine.raw_connection()
@@ -148,6 +146,12 @@ class Listener:
         while conn.notifications:
             payloads.append(conn.notifications.popleft()[2])
         return payloads
+
+
+def listen_sql(dialect: sa.Dialect, channel: str) -> str:
+    # LISTEN takes an identifier, not a bind parameter, so this is the one statement built as
+    # text; the channel comes from validated names and is quoted by the dialect's preparer.
+    return "LISTEN " + dialect.identifier_preparer.quote_identifier(channel)
 
 
 def _one_line(exc: BaseException) -> str:
