@@ -196,7 +196,17 @@ class EventLoopThread:
         return ended.result()
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """Stop the loop once the jobs still on it have ended. Like a worker thread, a job that
+        outlived the shutdown timeout (its lease handed back) runs on, and its late outcome is
+        dropped, instead of freezing mid-way on a stopped loop."""
+
+        async def drain() -> None:
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(drain(), self.loop)
 
 
 def call_hook(
