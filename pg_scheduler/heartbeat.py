@@ -135,8 +135,15 @@ def settle(
 ) -> HeartbeatResult:
     """Stop the jobs whose lease was lost (their outcome will be dropped) or whose cancel was
     requested from another node. ``running`` is the snapshot the beat renewed."""
-    # Jobs that finished while the statement ran are gone from inflight, not lost.
-    lost = [r for r in running if r.lease_id not in held and inflight.get(r.lease_id) is not None]
+    # Jobs that finished while the statement ran are gone from inflight, not lost; jobs this node
+    # handed back itself (shutdown timeout) already know.
+    lost = [
+        r
+        for r in running
+        if r.lease_id not in held
+        and r.stop_reason is not StopReason.LEASE_LOST
+        and inflight.get(r.lease_id) is not None
+    ]
     for r in lost:
         r.stop(StopReason.LEASE_LOST)
         log.warning(
