@@ -153,6 +153,38 @@ def update_job(engine: sa.Engine, models: Models, key: str, **columns: Any) -> J
         return JobRecord.from_row(row.mappings().one())
 
 
+def make_run(
+    engine: sa.Engine,
+    models: Models,
+    job: JobRecord,
+    *,
+    status: RunStatus | str = RunStatus.COMPLETED,
+    attempt: int | None = None,
+    started_at: When = dt.timedelta(0),
+    finished_at: When = _UNSET,
+) -> dict[str, Any]:
+    """Insert one run row of ``job`` (finished ``finished_at``, default: when it started)."""
+    status = RunStatus(status)
+    if finished_at is _UNSET:
+        finished_at = None if status is RunStatus.RUNNING else started_at
+    values: dict[str, Any] = {
+        "job_key": job.key,
+        "name": job.name,
+        "scheduled_at": _at(started_at),
+        "attempt": job.attempt if attempt is None else attempt,
+        "node_id": job.node_id or DEFAULT_NODE,
+        "lease_id": uuid.uuid4(),
+        "status": status.value,
+        "started_at": _at(started_at),
+        "finished_at": _at(finished_at),
+    }
+    runs = models.runs
+    with engine.begin() as conn:
+        return dict(
+            conn.execute(sa.insert(runs).values(values).returning(*runs.c)).mappings().one()
+        )
+
+
 def make_node(
     engine: sa.Engine,
     models: Models,

@@ -1,0 +1,223 @@
+"""Poison input (reliability.md X1-X6, X4): refused before any SQL, with a specific error.
+
+Each refusal is checked twice: ``encode_params`` / the validators on their own, and through the
+repository in a transaction that the test then *commits* (as an application that catches the error
+and carries on would). If the repository wrote a row before raising, the commit would keep it, so
+"no row was written" is a real check, not an artefact of a rollback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from pg_scheduler.cron import CronSchedule
+from pg_scheduler.errors import (
+    ConfigError,
+    InvalidJobNameError,
+    PayloadNotJSONError,
+    PayloadTooLargeError,
+    PgSchedulerError,
+)
+from pg_scheduler.models import Models
+from pg_scheduler.params import DEFAULT_MAX_PARAMS_BYTES, encode_params
+from pg_scheduler.repository import JobRepository, OneTimeSpec, RecurringSpec
+from tests.factories import count_jobs, repository
+
+
+def circular() -> Any:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Opaque:
+    pass
+
+
+BAD_PARAMS: list[Any] = [
+    pytest.param(lambda: Opaque(), id="object"),
+    pytest.param(lambda: {"when": dt.datetime.now(dt.timezone.utc)}, id="datetime"),
+    pytest.param(lambda: {1, 2}, id="set"),
+    pytest.param(lambda: {"deep": [{"x": {3}}]}, id="nested-set"),
+    pytest.param(lambda: b"bytes", id="bytes"),
+    pytest.param(lambda: {(1, 2): "tuple key"}, id="tuple-key"),
+    pytest.param(lambda: float("nan"), id="nan"),
+    pytest.param(lambda: {"x": float("inf")}, id="infinity"),
+    pytest.param(lambda: [float("-inf")], id="minus-infinity"),
+    pytest.param(lambda: {"s": "a\x00b"}, id="nul-in-string"),
+    pytest.param(lambda: {"a\x00": 1}, id="nul-in-key"),
+    pytest.param(lambda: ["\\\x00"], id="nul-after-backslash"),
+    pytest.param(lambda: {"s": "\ud800"}, id="lone-surrogate"),
+    pytest.param(lambda: {"\udfff": 1}, id="lone-surrogate-key"),
+    pytest.param(circular, id="circular"),
+    pytest.param(lambda: 10**5000, id="integer-too-long"),
+    pytest.param(lambda: nested(100_000), id="nested-100000"),
+]
+
+
+def refuses(
+    engine: sa.Engine, models: Models, error: type[Exception], write: Callable[[JobRepository], Any]
+) -> Exception:
+    """Run ``write``, expect ``error``, commit anyway, and check that no row appeared."""
+    before = count_jobs(engine, models)
+    with Session(engine) as session, session.begin():
+        repo = JobRepository(session, models, max_params_bytes=1000)
+        with pytest.raises(error) as caught:
+            write(repo)
+    assert count_jobs(engine, models) == before, "a refused job wrote a row"
+    assert isinstance(caught.value, PgSchedulerError)
+    return caught.value
+
+
+@pytest.mark.parametrize("make", BAD_PARAMS)
+def test_params_that_are_not_plain_json_are_refused(
+    engine: sa.Engine, models: Models, make: Callable[[], Any]
+) -> None:
+    with pytest.raises(PayloadNotJSONError):
+        encode_params(make())
+    refuses(
+        engine,
+        models,
+        PayloadNotJSONError,
+        lambda repo: repo.insert_one_time(OneTimeSpec("job", make())),
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: float("nan"), "NaN or infinity"),
+        (circular, "Circular reference"),
+        (lambda: {"s": "\ud800"}, "lone surrogate"),
+        (lambda: {"s": "\x00"}, "NUL"),
+        (lambda: nested(100_000), "nested too deeply"),
+        (lambda: {1, 2}, "not JSON-serialisable"),
+    ],
+)
+def test_the_refusal_names_the_problem(make: Callable[[], Any], reason: str) -> None:
+    with pytest.raises(PayloadNotJSONError, match=reason):
+        encode_params(make())
+
+
+def test_params_larger_than_the_limit_are_refused(engine: sa.Engine, models: Models) -> None:
+    exact = {"s": "x" * (1000 - len('{"s":""}'))}
+    assert len(encode_params(exact, 1000)) == 1000  # the limit itself is allowed
+    big = {"s": "x" * 2000}
+    error = refuses(
+        engine,
+        models,
+        PayloadTooLargeError,
+        lambda repo: repo.insert_one_time(OneTimeSpec("job", big)),
+    )
+    assert isinstance(error, PayloadTooLargeError)
+    assert (error.size, error.limit) == (len(json.dumps(big, separators=(",", ":"))), 1000)
+    # Bytes, not characters: each "é" is two bytes of UTF-8.
+    with pytest.raises(PayloadTooLargeError) as caught:
+        encode_params("é" * 600, 1000)
+    assert caught.value.size == 1202
+    # The default limit is 1 MiB.
+    with pytest.raises(PayloadTooLargeError) as caught:
+        encode_params("x" * DEFAULT_MAX_PARAMS_BYTES)
+    assert caught.value.limit == DEFAULT_MAX_PARAMS_BYTES
+
+
+BAD_NAMES = [
+    pytest.param("", id="empty"),
+    pytest.param("   ", id="whitespace"),
+    pytest.param("\t", id="tab"),
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("a#b", id="hash"),
+    pytest.param("two\nlines", id="newline"),
+    pytest.param("bell\x07", id="control"),
+    pytest.param("x" * 201, id="201-chars"),
+    pytest.param(None, id="none"),
+    pytest.param(42, id="int"),
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_job_names_are_refused(engine: sa.Engine, models: Models, name: Any) -> None:
+    refuses(
+        engine, models, InvalidJobNameError, lambda repo: repo.insert_one_time(OneTimeSpec(name))
+    )
+    refuses(
+        engine,
+        models,
+        InvalidJobNameError,
+        lambda repo: repo.upsert_recurring(RecurringSpec(name, CronSchedule.parse("* * * * *"))),
+    )
+
+
+def test_longest_allowed_name_is_accepted(engine: sa.Engine, models: Models) -> None:
+    with repository(engine, models) as repo:
+        repo.insert_one_time(OneTimeSpec("x" * 200))
+        repo.upsert_recurring(RecurringSpec("y" * 200, CronSchedule.parse("* * * * *")))
+    assert count_jobs(engine, models) == 2
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(lambda: OneTimeSpec("job", run_at=dt.datetime(2030, 1, 1)), id="naive-run-at"),
+        pytest.param(lambda: OneTimeSpec("job", run_at="2030-01-01T00:00Z"), id="text-run-at"),
+        pytest.param(lambda: OneTimeSpec("job", retries=-1), id="negative-retries"),
+        pytest.param(lambda: OneTimeSpec("job", retries=True), id="bool-retries"),
+        pytest.param(lambda: OneTimeSpec("job", retries=1.5), id="float-retries"),
+    ],
+)
+def test_bad_one_time_settings_are_refused(
+    engine: sa.Engine, models: Models, spec: Callable[[], OneTimeSpec]
+) -> None:
+    refuses(engine, models, ConfigError, lambda repo: repo.insert_one_time(spec()))
+
+
+def test_negative_retries_of_a_recurring_job_are_refused(engine: sa.Engine, models: Models) -> None:
+    schedule = CronSchedule.parse("* * * * *")
+    refuses(
+        engine,
+        models,
+        ConfigError,
+        lambda repo: repo.upsert_recurring(RecurringSpec("job", schedule, retries=-1)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        pytest.param(OneTimeSpec("job", {"x": float("nan")}), PayloadNotJSONError, id="params"),
+        pytest.param(OneTimeSpec("job", {"s": "x" * 5000}), PayloadTooLargeError, id="size"),
+        pytest.param(OneTimeSpec("bad#name"), InvalidJobNameError, id="name"),
+        pytest.param(OneTimeSpec("job", retries=-2), ConfigError, id="retries"),
+    ],
+)
+@pytest.mark.parametrize("position", [0, 5, 9])
+def test_insert_many_with_one_bad_element_writes_none(
+    engine: sa.Engine, models: Models, bad: OneTimeSpec, error: type[Exception], position: int
+) -> None:
+    specs = [OneTimeSpec("job", {"i": i}) for i in range(10)]
+    specs[position] = bad
+    refuses(engine, models, error, lambda repo: repo.insert_many(specs))
+
+
+def test_json_text_that_only_looks_like_a_nul_is_stored(engine: sa.Engine, models: Models) -> None:
+    """A literal backslash followed by "u0000" is ordinary text, not a NUL: it must round-trip."""
+    params = {"text": "\\u0000", "also": "\\\\u0000", "unicode": "žluť 🐍", "big": 10**30}
+    with repository(engine, models) as repo:
+        key = repo.insert_one_time(OneTimeSpec("job", params))
+    with repository(engine, models) as repo:
+        job = repo.get(key)
+    assert job is not None and job.params == params
