@@ -79,6 +79,10 @@ class Listener:
         driver_conn: Any = fairy.driver_connection
         # Detached: a LISTENing connection must never go back to the pool for someone else.
         fairy.detach()
+        # A pooled connection may be inside a transaction (pool_pre_ping's SELECT 1 opens one on
+        # pg8000): LISTEN issued there only takes effect at a COMMIT that never comes, and psycopg
+        # refuses to switch to autocommit mid-transaction. End it first.
+        driver_conn.rollback()
         if self.driver == "psycopg2":
             driver_conn.set_session(autocommit=True)
             with driver_conn.cursor() as cur:
