@@ -1,0 +1,221 @@
+"""chancy harness (psycopg3 pools, asyncio executor).
+
+Configuration choices, library defaults unless stated:
+
+* ``Chancy(dsn)`` with its default plugins (leadership, pruner, recovery, metrics,
+  workflow) and default pool (1..10 connections).  Its logger is set to WARNING: at the
+  default INFO level chancy logs one line per job, which would benchmark the terminal.
+* Jobs go to a queue ``bench`` declared with ``concurrency=concurrency``,
+  ``executor=Chancy.Executor.Async`` (the executor meant for async I/O jobs; the default
+  process executor would measure process-pool overhead instead) and ``eager_polling=True``
+  (documented option to fetch again as soon as a job completes; without it a worker only
+  refills every ``polling_interval`` = 5 s).  ``polling_interval`` stays at its default.
+* Bulk enqueue: ``push_many`` (its default 1000-job transactions).
+* Finished = ``state = 'succeeded'``; chancy writes job results back in batches every
+  second, so drain includes up to ~1 s of that write-behind.
+* Cron: the ``Cron`` plugin with ``poll_interval=1`` (default 60 s) and a 6-field
+  (seconds) expression.  The nominal tick is the ``next_run`` consumed by the poll, logged
+  by a trigger on ``chancy_cron`` and matched to the job through ``created_at`` (the
+  ``now()`` of the same transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from chancy import Chancy, Job, Queue, QueuedJob, Worker
+from chancy.plugins.cron import Cron
+
+from benchmarks.peers import _harness
+from benchmarks.peers._harness import WorkerOptions, report
+
+NAME = "chancy"
+QUEUE = "bench"
+TICK_KEY = "bench_tick"
+PER_SECOND = "* * * * * *"
+
+_PICK_LOG_SQL = """
+CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
+CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
+        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_log_pick AFTER UPDATE ON chancy_cron
+    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
+"""
+
+
+def _quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("benchmarks.peers.chancy")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+# Job functions.  Module level: chancy stores ``module.function`` and imports it.
+
+
+async def _noop() -> None:
+    return None
+
+
+async def _probe(sample: int) -> None:
+    started = time.time()
+    report("probe", sample, started)
+
+
+async def _tick(*, context: QueuedJob) -> None:
+    started = time.time()
+    report("tick", round(context.created_at.timestamp() * 1_000_000), started)
+
+
+# chancy injects the running job into keyword-only parameters whose annotation is a
+# QueuedJob subclass, checked with issubclass() on the raw annotation.  Postponed
+# annotations (PEP 563, used in this file) turn it into a string, so restore the class.
+_tick.__annotations__["context"] = QueuedJob
+
+
+def _app(dsn: str, *, cron: bool = False) -> Chancy:
+    # The Cron plugin is always present for migrations (one schema for every scenario) but
+    # only polls in the cron scenario.
+    plugins = [Cron(poll_interval=1)] if cron else []
+    return Chancy(dsn, plugins=plugins, log=_quiet_logger())
+
+
+def _queue(concurrency: int) -> Queue:
+    return Queue(QUEUE, concurrency=concurrency, executor=Chancy.Executor.Async, eager_polling=True)
+
+
+_NOOP_JOB = Job.from_func(_noop, queue=QUEUE)
+
+
+class _Client:
+    def __init__(self, chancy: Chancy) -> None:
+        self.chancy = chancy
+
+    async def enqueue_batch(self, count: int) -> None:
+        async for _references in self.chancy.push_many([_NOOP_JOB] * count):
+            pass
+
+    async def enqueue_noop(self) -> None:
+        await self.chancy.push(_NOOP_JOB)
+
+    async def enqueue_probe(self, sample: int, run_at: float | None) -> None:
+        job = Job.from_func(_probe, queue=QUEUE, kwargs={"sample": sample})
+        if run_at is not None:
+            job = job.with_scheduled_at(datetime.fromtimestamp(run_at, timezone.utc))
+        await self.chancy.push(job)
+
+    async def close(self) -> None:
+        await self.chancy.pool.close()
+
+
+class _Worker:
+    def __init__(self, chancy: Chancy) -> None:
+        self.chancy = chancy
+        self.worker = Worker(chancy, register_signal_handlers=False)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.worker.start()
+        # start() returns once running; wait_for_shutdown() ends only if the worker dies
+        # or is stopped, which is what failed() watches.
+        self.task = asyncio.create_task(self.worker.wait_for_shutdown())
+
+    async def stop(self) -> None:
+        try:
+            await self.worker.stop(timeout=_harness.STOP_TIMEOUT_S)
+        finally:
+            await self.chancy.pool.close()
+
+    def failed(self) -> BaseException | None:
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            return self.task.exception() or RuntimeError("chancy worker stopped")
+        return None
+
+
+class Adapter:
+    name = NAME
+    module = __name__
+    cron_note = (
+        "Cron plugin polls every poll_interval (set to 1 s; default 60 s) and recomputes "
+        "next_run from now; a tick is skipped while the previous tick's job (same "
+        "unique_key) is not yet recorded as finished"
+    )
+
+    async def install(self, dsn: str) -> None:
+        chancy = Chancy(dsn, plugins=[Cron()], log=_quiet_logger())
+        async with chancy:
+            await chancy.migrate()
+            await chancy.declare(_queue(32))
+            async with chancy.pool.connection() as conn:
+                await conn.execute(_PICK_LOG_SQL)
+            tick = Job.from_func(_tick, queue=QUEUE, unique_key=TICK_KEY)
+            await Cron.schedule(chancy, PER_SECOND, tick)
+            # The schedule row exists in every scenario; only cron workers poll it.
+
+    async def open_client(self, dsn: str) -> _Client:
+        chancy = _app(dsn)
+        await chancy.pool.open()
+        return _Client(chancy)
+
+    async def make_worker(self, dsn: str, options: WorkerOptions) -> _Worker:
+        chancy = _app(dsn, cron=options.cron)
+        await chancy.pool.open()
+        # Queue settings live in the database; upsert so this run's concurrency applies.
+        await chancy.declare(_queue(options.concurrency), upsert=True)
+        return _Worker(chancy)
+
+    def finished_jobs_sql(self) -> str:
+        return "SELECT count(*) FROM chancy_jobs WHERE state = 'succeeded'"
+
+    async def cron_runs(
+        self, dsn: str, ticks: list[tuple[Any, float]]
+    ) -> list[tuple[float, float]]:
+        chancy = _app(dsn)
+        async with chancy, chancy.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint,"
+                " extract(epoch FROM nominal)::float8 FROM bench_cron_picks"
+            )
+            nominal_by_pick = {picked: nominal for picked, nominal in await cursor.fetchall()}
+        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+
+
+ADAPTER = Adapter()
+
+
+def enqueue_bulk(dsn: str, n: int = 20000) -> float:
+    """Jobs/s inserting ``n`` no-op jobs with ``push_many``."""
+    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
+
+
+def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
+    """Jobs/s inserting ``n`` no-op jobs, one ``push`` call (transaction) each."""
+    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
+
+
+def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
+    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs."""
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+
+
+def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
+    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
+    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
+
+
+def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
+    """Lateness/duplicates/missed of a per-second Cron schedule on ``nodes`` processes."""
+    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
+
+
+def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
+    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
+    return _harness.run_idle_statements(ADAPTER, dsn, seconds)

@@ -1,0 +1,205 @@
+"""pgqueuer harness (asyncpg driver, the library's default).
+
+Configuration choices, all library defaults unless stated:
+
+* One ``asyncpg`` connection per process wrapped in ``AsyncpgDriver`` (what ``pgq run``
+  and the README use).
+* Workers are a ``PgQueuer`` (queue manager + scheduler manager, as ``pgq run`` starts
+  them) with ``max_concurrent_tasks=concurrency`` and the default ``batch_size=10``.
+* Jobs are removed from the ``pgqueuer`` table when done, so "finished" is
+  ``n - rows left``.
+* Cron: ``@pgq.schedule(..., "* * * * * *")`` (croniter's 6th field = seconds).  The
+  handler runs inside the scheduler manager itself, not as a queued job.  Its nominal
+  tick is the ``next_run`` value the scheduler consumed; a trigger on
+  ``pgqueuer_schedules`` records it (``bench_cron_picks``) so it can be matched to the
+  run via the pick transaction's ``now()`` (= ``schedule.updated``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from pgqueuer import AsyncpgDriver, PgQueuer, Queries
+from pgqueuer.models import Job, Schedule
+
+from benchmarks.peers import _harness
+from benchmarks.peers._harness import WorkerOptions, report
+
+NAME = "pgqueuer"
+NOOP = "bench_noop"
+PROBE = "bench_probe"
+TICK = "bench_tick"
+PER_SECOND = "* * * * * *"
+BATCH_SIZE = 10  # pgqueuer's default dequeue batch
+
+# Records which nominal tick each scheduler pick consumed (see module docstring).
+_PICK_LOG_SQL = """
+CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
+CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
+        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_log_pick AFTER UPDATE ON pgqueuer_schedules
+    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
+"""
+
+
+def _micros(value: datetime) -> int:
+    return round(value.timestamp() * 1_000_000)
+
+
+# Job functions.  Module level so worker processes resolve them after spawn.
+
+
+async def _noop(job: Job) -> None:
+    return None
+
+
+async def _probe(job: Job) -> None:
+    started = time.time()
+    assert job.payload is not None
+    report("probe", int(job.payload), started)
+
+
+async def _tick(schedule: Schedule) -> None:
+    started = time.time()
+    # schedule.updated is the now() of the pick transaction, logged by the trigger.
+    report("tick", _micros(schedule.updated), started)
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(**_harness.asyncpg_connect_kwargs(dsn))
+
+
+class _Client:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self.queries = Queries(AsyncpgDriver(connection))
+
+    async def enqueue_batch(self, count: int) -> None:
+        # The list form of enqueue is pgqueuer's batch API: one INSERT ... unnest().
+        await self.queries.enqueue([NOOP] * count, [None] * count, [0] * count)
+
+    async def enqueue_noop(self) -> None:
+        await self.queries.enqueue(NOOP, None)
+
+    async def enqueue_probe(self, sample: int, run_at: float | None) -> None:
+        # pgqueuer only takes a relative delay (added to the server's now()).
+        delay = timedelta(seconds=max(0.0, run_at - time.time())) if run_at else None
+        await self.queries.enqueue(PROBE, str(sample).encode(), execute_after=delay)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+class _Worker:
+    def __init__(self, connection: asyncpg.Connection, options: WorkerOptions) -> None:
+        self.connection = connection
+        self.options = options
+        self.pgq = PgQueuer(AsyncpgDriver(connection))
+        self.pgq.entrypoint(NOOP)(_noop)
+        self.pgq.entrypoint(PROBE)(_probe)
+        if options.cron:
+            self.pgq.schedule(TICK, PER_SECOND)(_tick)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        concurrency = self.options.concurrency
+        # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
+        batch_size = max(1, min(BATCH_SIZE, concurrency // 2))
+        self.task = asyncio.create_task(
+            self.pgq.run(batch_size=batch_size, max_concurrent_tasks=concurrency)
+        )
+
+    async def stop(self) -> None:
+        self.pgq.shutdown.set()
+        try:
+            if self.task is not None:
+                await asyncio.wait_for(self.task, _harness.STOP_TIMEOUT_S)
+        finally:
+            await self.connection.close()
+
+    def failed(self) -> BaseException | None:
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            return self.task.exception() or RuntimeError("pgqueuer worker returned")
+        return None
+
+
+class Adapter:
+    name = NAME
+    module = __name__
+    cron_note = (
+        "schedule handler runs inside the scheduler manager (not a queued job); next_run is "
+        "recomputed from now() at each pick, so late picks skip ticks instead of catching up"
+    )
+
+    async def install(self, dsn: str) -> None:
+        connection = await _connect(dsn)
+        try:
+            await Queries(AsyncpgDriver(connection)).install()
+            await connection.execute(_PICK_LOG_SQL)
+        finally:
+            await connection.close()
+
+    async def open_client(self, dsn: str) -> _Client:
+        return _Client(await _connect(dsn))
+
+    async def make_worker(self, dsn: str, options: WorkerOptions) -> _Worker:
+        return _Worker(await _connect(dsn), options)
+
+    def finished_jobs_sql(self) -> str:
+        return "SELECT %(n)s - count(*) FROM pgqueuer"
+
+    async def cron_runs(
+        self, dsn: str, ticks: list[tuple[Any, float]]
+    ) -> list[tuple[float, float]]:
+        connection = await _connect(dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint AS picked,"
+                " extract(epoch FROM nominal)::float8 AS nominal FROM bench_cron_picks"
+            )
+        finally:
+            await connection.close()
+        nominal_by_pick = {row["picked"]: row["nominal"] for row in rows}
+        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+
+
+ADAPTER = Adapter()
+
+
+def enqueue_bulk(dsn: str, n: int = 20000) -> float:
+    """Jobs/s inserting ``n`` no-op jobs with one batch ``enqueue`` call."""
+    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
+
+
+def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
+    """Jobs/s inserting ``n`` no-op jobs, one ``enqueue`` call (transaction) each."""
+    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
+
+
+def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
+    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs."""
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+
+
+def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
+    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
+    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
+
+
+def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
+    """Lateness/duplicates/missed of a per-second schedule on ``nodes`` processes."""
+    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
+
+
+def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
+    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
+    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
