@@ -470,12 +470,23 @@ class Scheduler:
             with self.transaction() as repo:
                 result_box.append(repo.finish(claimed, outcome))
 
-        written = self._retry_database("record outcome", write)
+        written = self._retry_database("record outcome", write, holder=running)
+        if not written and lease_lost(running):  # the heartbeat said so while we retried
+            report_dropped(self.log, claimed.key)
+            return
         report_outcome(self.log, claimed, outcome, result_box[0] if written else None)
 
-    def _retry_database(self, what: str, fn: Callable[[], None]) -> bool:
+    def _retry_database(
+        self, what: str, fn: Callable[[], None], *, holder: RunningJob | None = None
+    ) -> bool:
         """Run ``fn`` until it succeeds, retrying database outages for up to
-        ``no_heartbeat_timeout`` (after that the lease has expired anyway)."""
+        ``no_heartbeat_timeout`` (after that the lease has expired anyway).
+
+        With ``holder`` (an outcome write), an outage is retried for as long as this node holds
+        the job's lease, however long the database is away: the job stays in flight meanwhile, so
+        the heartbeat renews its lease as soon as the database answers and no node rescues a job
+        whose outcome is on its way. The retries end when the heartbeat reports the lease lost or
+        shutdown hands the job back."""
         deadline = time.monotonic() + self.config.no_heartbeat_timeout.total_seconds()
         delay = 0.05
         while True:
@@ -483,7 +494,10 @@ class Scheduler:
                 fn()
                 return True
             except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
-                if time.monotonic() + delay > deadline:
+                if holder is not None and lease_lost(holder):
+                    return False
+                keep_trying = holder is not None and is_outage(exc)
+                if not keep_trying and time.monotonic() + delay > deadline:
                     return False
                 self.database_error(what, exc, retry_in=delay)
                 time.sleep(delay)
@@ -514,6 +528,28 @@ def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSche
     if isinstance(exc, sa.exc.OperationalError):
         return unavailable(exc, url)
     return None
+
+
+# SQLSTATE classes and codes that mean "the database is away or cannot write for now" (connection
+# exceptions, operator intervention, insufficient resources, read-only transaction, statement
+# timeout): worth retrying for as long as the lease holds. Anything else is a bug or bad data.
+_OUTAGE_CLASSES = ("08", "53", "57")
+_OUTAGE_CODES = ("25006", "40001", "40P01", "55P03")
+
+
+def lease_lost(running: RunningJob) -> bool:
+    return running.stop_reason is StopReason.LEASE_LOST
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for an error that a later retry can outlive (the database restarting, unreachable,
+    read-only, or too slow), False for one that would fail the same way every time."""
+    if isinstance(exc, DatabaseUnavailableError | sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        code = _sqlstate(exc) or ""
+        return code[:2] in _OUTAGE_CLASSES or code in _OUTAGE_CODES
+    return False
 
 
 def unavailable(exc: BaseException, url: sa.URL) -> DatabaseUnavailableError:
