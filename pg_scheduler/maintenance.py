@@ -48,8 +48,11 @@ class Maintenance:
                 cfg.failed_and_completed_one_time_job_interval.total_seconds()
             )
         # After this node could not reach the database, every node's heartbeats were probably
-        # failing too; give them a beat to resume before judging anyone stalled.
-        skip_rescue = s.seconds_since_database_error() < 2 * cfg.heartbeat_interval.total_seconds()
+        # failing too: a lease's age then counts time in which its holder could not renew it.
+        # Give every holder a whole lease period of working database before judging anyone
+        # stalled (two heartbeat intervals were not enough: a holder reconnecting on a busy
+        # machine was rescued, and its job re-run, after a plain server restart).
+        skip_rescue = s.seconds_since_database_error() < cfg.no_heartbeat_timeout.total_seconds()
         rescued = failed = cleaned = orphans = 0
         if not skip_rescue:
             with s.transaction() as repo:
