@@ -15,12 +15,15 @@ same revision files; see the README.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import alembic.context
+import alembic.op
 import sqlalchemy as sa
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -150,6 +153,81 @@ def _connection(bind: Bind) -> Iterator[sa.Connection]:
         yield bind
 
 
+@contextlib.contextmanager
+def _nested_alembic_run() -> Iterator[None]:
+    """Let one of our Alembic runs happen inside another (a host's env.py calling ``upgrade``).
+
+    Alembic publishes the running environment and operations as module-level proxies
+    (``alembic.context``, ``alembic.op``) and deletes them when a run ends: without this, the
+    host's env.py would find its ``context`` gone as soon as our upgrade returned.
+    """
+    saved = [getattr(module, "_proxy", None) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for proxy in saved:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
+#: The host's own version table, where pattern B records our revisions beside its own.
+HOST_VERSION_TABLE = "alembic_version"
+
+
+@functools.cache
+def _our_revisions() -> frozenset[str]:
+    scripts = ScriptDirectory.from_config(make_config(Names()))
+    return frozenset(rev.revision for rev in scripts.walk_revisions())
+
+
+def _heads(conn: sa.Connection, version_table: str, schema: str | None) -> tuple[str, ...]:
+    ctx = MigrationContext.configure(
+        conn, opts={"version_table": version_table, "version_table_schema": schema}
+    )
+    return tuple(ctx.get_current_heads())
+
+
+def _installed(conn: sa.Connection, names: Names) -> tuple[str | None, bool]:
+    """The installed revision, and whether it is recorded as a branch of the host's history.
+
+    Pattern A records it in our own version table. Pattern B records it in the host's
+    ``alembic_version`` (in our schema, or the connection's default one), which can hold only one
+    installation: we take it as ours when our own version table is empty and our tables exist.
+    """
+    owned = not conn.in_transaction()
+    try:
+        heads = _heads(conn, names.version_table, names.schema)
+        if heads:
+            return heads[0], False
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(names.jobs_table, schema=names.schema):
+            return None, False
+        for schema in dict.fromkeys((names.schema, None)):
+            if inspector.has_table(HOST_VERSION_TABLE, schema=schema):
+                ours = [
+                    h for h in _heads(conn, HOST_VERSION_TABLE, schema) if h in _our_revisions()
+                ]
+                if ours:
+                    return ours[0], True
+        return None, False
+    finally:
+        if owned and conn.in_transaction():
+            conn.rollback()  # only our own reads; never a caller's transaction
+
+
+def _branch_install(names: Names, installed: str | None, action: str, revision: str) -> bool:
+    """For a pattern B install: True when there is nothing to do, else raise with the command."""
+    wanted = head() if revision in ("head", "heads") else revision
+    if action == "upgrade" and installed == wanted:
+        return True
+    raise MigrationError(
+        f"cannot {action} pg_scheduler tables {names.qualified(names.jobs_table)}: they are "
+        "installed as the 'pg_scheduler' branch of the application's own Alembic history (its "
+        f"{HOST_VERSION_TABLE} table), so the application's alembic moves them, e.g. "
+        f"`alembic {action} pg_scheduler@{'head' if action == 'upgrade' else 'base'}`"
+    )
+
+
 def _names(table_prefix: str, schema: str | None, names: Names | None) -> Names:
     return names if names is not None else Names(prefix=table_prefix, schema=schema)
 
@@ -193,7 +271,11 @@ def upgrade(
     n = _names(table_prefix, schema, names)
     try:
         with _connection(bind) as conn:
-            command.upgrade(make_config(n, conn), revision)
+            installed, branch = _installed(conn, n)
+            if branch and _branch_install(n, installed, "upgrade", revision):
+                return
+            with _nested_alembic_run():
+                command.upgrade(make_config(n, conn), revision)
     except sa.exc.DBAPIError as exc:
         raise _explain(exc, "upgrade", n) from exc
 
@@ -210,7 +292,11 @@ def downgrade(
     n = _names(table_prefix, schema, names)
     try:
         with _connection(bind) as conn:
-            command.downgrade(make_config(n, conn), revision)
+            installed, branch = _installed(conn, n)
+            if branch:
+                _branch_install(n, installed, "downgrade", revision)
+            with _nested_alembic_run():
+                command.downgrade(make_config(n, conn), revision)
     except sa.exc.DBAPIError as exc:
         raise _explain(exc, "downgrade", n) from exc
 
@@ -221,14 +307,8 @@ def current(
     """The installed revision, or ``None`` when the tables are not installed."""
     n = _names(table_prefix, schema, names)
     with _connection(bind) as conn:
-        owned = not conn.in_transaction()
-        ctx = MigrationContext.configure(
-            conn, opts={"version_table": n.version_table, "version_table_schema": n.schema}
-        )
-        heads = ctx.get_current_heads()
-        if owned and conn.in_transaction():
-            conn.rollback()  # only our own read; never a caller's transaction
-    return heads[0] if heads else None
+        installed, _ = _installed(conn, n)
+    return installed
 
 
 def head() -> str:
@@ -258,7 +338,8 @@ def sql(
     n = _names(table_prefix, schema, names)
     cfg = make_config(n)
     target = f"{from_revision}:{revision}" if from_revision else revision
-    command.upgrade(cfg, target, sql=True)
+    with _nested_alembic_run():
+        command.upgrade(cfg, target, sql=True)
     buffer = cfg.output_buffer
     assert isinstance(buffer, io.StringIO)
     return buffer.getvalue()
