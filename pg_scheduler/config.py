@@ -26,6 +26,7 @@ DEFAULT_NO_HEARTBEAT_TIMEOUT = dt.timedelta(minutes=5)
 DEFAULT_SHUTDOWN_TIMEOUT = dt.timedelta(seconds=30)
 DEFAULT_CLEANUP_INTERVAL = dt.timedelta(hours=1)
 DEFAULT_FINISHED_JOB_RETENTION = dt.timedelta(days=7)
+DEFAULT_STATEMENT_TIMEOUT = dt.timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ class SchedulerConfig:
     """Wake on LISTEN/NOTIFY where the driver supports it (turn off behind PgBouncer's
     transaction pooling; polling then takes over)."""
 
+    statement_timeout: dt.timedelta | None = DEFAULT_STATEMENT_TIMEOUT
+    """Longest a statement of the scheduler's own may run, and (plus one second) longest one of
+    its transactions may wait for the database. Set server side per transaction (never on the
+    application's connections), and enforced client side by cutting the connection off, so a
+    black-holed network or a hung pooler cannot hang a node. ``None`` disables both; set the
+    driver's ``connect_timeout`` (and keepalives) on the engine to bound connecting too."""
+
     def __post_init__(self) -> None:
         engine = self.engine
         dialect = getattr(engine, "dialect", None)
@@ -163,6 +171,8 @@ class SchedulerConfig:
             _require_duration(name, getattr(self, name))
         _require_duration("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
         _require_duration("finished_job_retention", self.finished_job_retention, allow_zero=True)
+        if self.statement_timeout is not None:
+            _require_duration("statement_timeout", self.statement_timeout)
         if self.no_heartbeat_timeout < 2 * self.heartbeat_interval:
             raise ConfigError(
                 f"no_heartbeat_timeout ({self.no_heartbeat_timeout}) must be at least twice "

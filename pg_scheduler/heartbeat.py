@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .repository import JobRepository
+from .timeouts import set_local_statement_timeout
 from .workers import Inflight, RunningJob, StopReason
 
 if TYPE_CHECKING:
@@ -53,7 +54,13 @@ class Heartbeat:
         with self._lock:
             running = s.inflight.snapshot()
             try:
-                with Session(bind=self._connection()) as session, session.begin():
+                conn = self._connection()
+                with (
+                    s.deadlines.guard(conn.connection.dbapi_connection, "a heartbeat"),
+                    Session(bind=conn) as session,
+                    session.begin(),
+                ):
+                    set_local_statement_timeout(session, s.config.statement_timeout)
                     held, requested = renew(
                         JobRepository(session, s.models),
                         s.node_id,

@@ -40,6 +40,7 @@ from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
 from .repository import CancelResult, FinishResult, JobRepository, Outcome
 from .states import JobStatus, JobType
+from .timeouts import Deadlines, set_local_statement_timeout
 from .workers import (
     EventLoopThread,
     Inflight,
@@ -94,6 +95,7 @@ class Scheduler:
         self._last_db_error = float("-inf")
         self._pool: WorkerPool | None = None
         self._loop: EventLoopThread | None = None
+        self.deadlines = Deadlines(config.statement_timeout)
         self.poller = Poller(self)
         self.heartbeat = Heartbeat(self)
         self.maintenance = Maintenance(self)
@@ -105,7 +107,11 @@ class Scheduler:
         """A repository in a new transaction of the session factory, committed on success."""
         try:
             with self.session_factory() as session, session.begin():
-                yield self.repository(session)
+                # Take the connection now, so the whole transaction runs under the deadline.
+                conn = session.connection()
+                with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
+                    set_local_statement_timeout(conn, self.config.statement_timeout)
+                    yield self.repository(session)
         except sa.exc.DBAPIError as exc:
             error = translate_error(exc, self.names, self.engine.url)
             if error is None:
