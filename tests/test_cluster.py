@@ -77,7 +77,7 @@ def test_a_killed_nodes_job_is_finished_by_another(
     b = next(n for n in nodes if n is not a)
     a.send(signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=30)
+    wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=60)
     recovered_in = time.monotonic() - killed_at
     effects = cluster.query(
         f"SELECT attempt, node, finished_at IS NOT NULL FROM {cluster.effects} ORDER BY attempt"
@@ -104,14 +104,14 @@ def test_a_paused_node_cannot_overwrite_its_successor(
     a = next(n for n in nodes if n.node_id == first)
     b = next(n for n in nodes if n is not a)
     a.send(signal.SIGSTOP)
-    wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=30)
+    wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=60)
     completed = cluster.query(
         f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY attempt",
         k=key,
     )
     a.send(signal.SIGCONT)
     # A wakes up, finds its lease gone, lets its copy finish, and drops the late outcome.
-    wait_until(lambda: "outcome dropped" in a.log(), timeout=20, message="A drops its outcome")
+    wait_until(lambda: "outcome dropped" in a.log(), timeout=45, message="A drops its outcome")
     assert "[job.lease_lost]" in a.log()
     after = cluster.query(
         f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY attempt",
