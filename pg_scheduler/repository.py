@@ -256,13 +256,79 @@ class JobRepository:
         return str(values["key"])
 
     def insert_many(self, specs: Iterable[OneTimeSpec]) -> list[str]:
-        """Enqueue many one-time runs in one batched INSERT (SQLAlchemy insertmanyvalues)."""
+        """Enqueue many one-time runs in one statement; returns their keys in order.
+
+        The rows travel as five arrays that PostgreSQL unnests: one round trip and one statement
+        text, whatever the batch size. (A multi-row VALUES insert, SQLAlchemy's insertmanyvalues,
+        needs one placeholder per value, and psycopg's conversion of those 1000-row statements
+        alone took longer than PostgreSQL's insert: 2,100 jobs/s against 19,000 this way.)
+        """
         rows = [self._one_time_values(spec) for spec in specs]  # validate all before writing any
         if not rows:
             return []
-        self._execute(self._insert_one_time_stmt(), rows)
+        self._execute(
+            self._insert_many_stmt(),
+            {
+                "keys": [row["key"] for row in rows],
+                "names": [row["name"] for row in rows],
+                "params": [row["params_json"] for row in rows],
+                "retries": [row["max_retries"] for row in rows],
+                "run_at": [
+                    row["run_at"].isoformat() if row["run_at"] is not None else None for row in rows
+                ],
+            },
+        )
         self.notify()
         return [str(row["key"]) for row in rows]
+
+    def _insert_many_stmt(self) -> Any:
+        # Every array is bound as text[] (integers as int[]) and cast in SQL, so all drivers send
+        # the same thing: psycopg2 and pg8000 cannot bind a list of UUIDs or JSON documents.
+        def array(name: str, item: Any) -> Any:
+            return sa.cast(sa.bindparam(name, type_=postgresql.ARRAY(item)), postgresql.ARRAY(item))
+
+        text = sa.Text
+        batch = (
+            sa.func.unnest(
+                array("keys", text),
+                array("names", text),
+                array("params", text),
+                array("retries", sa.Integer),
+                array("run_at", text),
+            )
+            .table_valued(
+                sa.column("key", text),
+                sa.column("name", text),
+                sa.column("params", text),
+                sa.column("max_retries", sa.Integer),
+                sa.column("run_at", text),
+            )
+            .render_derived(name="batch")
+        )
+        due = sa.func.coalesce(sa.cast(batch.c.run_at, sa.DateTime(timezone=True)), now())
+        j = self.jobs.c
+        return sa.insert(self.jobs).from_select(
+            [
+                j.key,
+                j.name,
+                j.job_type,
+                j.params,
+                j.max_retries,
+                j.status,
+                j.next_run,
+                j.scheduled_at,
+            ],
+            sa.select(
+                batch.c.key,
+                batch.c.name,
+                sa.literal(JobType.ONE_TIME.value),
+                sa.cast(batch.c.params, postgresql.JSONB),
+                batch.c.max_retries,
+                sa.literal(JobStatus.PENDING.value),
+                due,
+                due,
+            ),
+        )
 
     # ------------------------------------------------------------------ claim and lease
     def claim(self, node_id: str, names: Sequence[str], limit: int) -> list[ClaimedJob]:
