@@ -242,6 +242,21 @@ def test_upgrade_inside_the_callers_transaction_follows_its_outcome(
     assert migrations.is_up_to_date(engine, names=names)
 
 
+def test_upgrade_on_a_connection_outside_a_transaction_commits_by_itself(
+    engine: sa.Engine, schemas: Callable[[str], str]
+) -> None:
+    names = Names("own_", schemas("tmo"))
+    with engine.connect() as conn:
+        migrations.upgrade(conn, names=names)
+        assert not conn.in_transaction()
+        conn.rollback()  # nothing left to undo
+    assert migrations.is_up_to_date(engine, names=names)
+    with engine.connect() as conn:
+        migrations.downgrade(conn, names=names)
+        assert not conn.in_transaction()
+    assert installed_tables(engine, names) == {names.version_table}
+
+
 def test_current_leaves_no_transaction_open_on_the_callers_connection(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         assert migrations.current(conn, table_prefix=unique("tcur") + "_") is None
