@@ -59,6 +59,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _UNDEFINED_TABLE = "42P01"
 
+#: At most one "database unavailable" line per service per this many seconds.
+DB_ERROR_LOG_SECONDS = 10.0
+
 
 def make_node_id(node_name: str | None = None) -> str:
     """``host:pid:random``: unique even for processes sharing a host name (or a node_name)."""
@@ -93,6 +96,8 @@ class Scheduler:
         self._state_lock = threading.Lock()
         self._schema_ok = False
         self._last_db_error = float("-inf")
+        self._db_error_reports: dict[str, tuple[float, int]] = {}
+        self._db_error_lock = threading.Lock()
         self._pool: WorkerPool | None = None
         self._loop: EventLoopThread | None = None
         self.deadlines = Deadlines(config.statement_timeout)
@@ -135,14 +140,26 @@ class Scheduler:
         conn.execute(sa.select(sa.func.set_config("application_name", label, False)))
 
     def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:
-        """A background service could not reach the database; it retries by itself."""
-        self._last_db_error = time.monotonic()
+        """A background service could not reach the database; it retries by itself.
+
+        The first failure of each service is logged at once, then at most one line per
+        ``DB_ERROR_LOG_SECONDS`` with the count of failures in between: a database that stays
+        down or read-only for hours must not flood the log from every retry of every service."""
+        now = time.monotonic()
+        self._last_db_error = now
+        with self._db_error_lock:
+            last, suppressed = self._db_error_reports.get(service, (float("-inf"), 0))
+            if now - last < DB_ERROR_LOG_SECONDS:
+                self._db_error_reports[service] = (last, suppressed + 1)
+                return
+            self._db_error_reports[service] = (now, 0)
         self.log.warning(
-            "%s failed (%s); retrying in %.1fs",
+            "%s failed (%s); retrying in %.1fs%s",
             service,
             _first_line(exc),
             retry_in,
-            extra={"event": "db.unavailable", "service": service},
+            f" ({suppressed} more failures since the last report)" if suppressed else "",
+            extra={"event": "db.unavailable", "service": service, "suppressed": suppressed},
         )
 
     def seconds_since_database_error(self) -> float:
