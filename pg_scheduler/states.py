@@ -12,7 +12,8 @@
    │   rescue      │  ├───── failure, retries left ───► pending @ now + backoff
    └───────────────┘  ├───── failure, none left ──────► failed (one-time) / pending @ next tick
                       ├───── cancel requested ────────► cancelled (one-time) / pending @ next tick
-                      └───── heartbeat lost (rescue) / released at shutdown ─► pending or failed
+                      ├───── heartbeat lost (rescue) ─► pending (attempt counted) or failed
+                      └───── released at shutdown ────► pending (attempt counted; not a failure)
 ```
 
 A transition names the states it may start from; the repository turns that into
@@ -110,7 +111,7 @@ FAIL = _t("fail", {R}, {F})
 ABORT = _t("abort", {R}, {X, P})  # the holder honours a cancel request
 # Taking a lease back from a node that stopped heartbeating, or at the end of a shutdown.
 RESCUE = _t("rescue", {R}, {P, F})
-RELEASE = _t("release", {R}, {P, F})
+RELEASE = _t("release", {R}, {P})  # its node shut down; the job did not fail
 # Operator and API actions.
 CANCEL = _t("cancel", {P}, {X})
 REQUEST_CANCEL = _t("request_cancel", {R}, {R})  # only flags the row; the holder aborts
