@@ -393,10 +393,11 @@ def test_a_stale_lease_can_neither_heartbeat_nor_finish(engine: sa.Engine, model
     ]
 
 
-def test_heartbeat_renews_only_the_callers_leases(engine: sa.Engine, models: Models) -> None:
+def test_heartbeat_renews_only_the_leases_it_names(engine: sa.Engine, models: Models) -> None:
     mine = [claim_one(engine, models, make_job(engine, models).name) for _ in range(3)]
+    unnamed = claim_one(engine, models, make_job(engine, models).name)  # node A's, not passed
     theirs = claim_one(engine, models, make_job(engine, models).name, NODE_B)
-    for c in [*mine, theirs]:
+    for c in [*mine, unnamed, theirs]:
         update_job(engine, models, c.key, heartbeat_at=ago(minutes=1))
     leases = {c.lease_id for c in mine}
     with repository(engine, models) as repo:
@@ -407,10 +408,31 @@ def test_heartbeat_renews_only_the_callers_leases(engine: sa.Engine, models: Mod
         for c in mine:
             job = repo.get(c.key)
             assert job is not None and job.heartbeat_at == db_now
-        other = repo.get(theirs.key)
-        assert other is not None and other.heartbeat_at is not None
-        assert other.heartbeat_at < db_now
+        for c in (unnamed, theirs):
+            other = repo.get(c.key)
+            assert other is not None and other.heartbeat_at is not None
+            assert other.heartbeat_at < db_now
         assert repo.heartbeat(NODE_A, []) == set()
+
+
+def test_a_node_that_reclaimed_its_job_cannot_use_the_old_lease(
+    engine: sa.Engine, models: Models
+) -> None:
+    """The same node id holds the job again under a new lease: only the new lease is honoured."""
+    make_job(engine, models, name="again", max_retries=3)
+    old = claim_one(engine, models, "again", NODE_A)
+    update_job(engine, models, old.key, heartbeat_at=ago(hours=1))
+    with repository(engine, models) as repo:
+        assert repo.rescue_stalled(STALL).count == 1
+    new = claim_one(engine, models, "again", NODE_A)
+    before = snapshot(engine, models, old.key)
+    with repository(engine, models) as repo:
+        assert repo.heartbeat(NODE_A, [old.lease_id]) == set()
+        assert not repo.finish(old, Outcome(RunStatus.COMPLETED, 1)).applied
+        assert repo.release(NODE_A, [old.lease_id]).count == 0
+    assert snapshot(engine, models, old.key) == before
+    with repository(engine, models) as repo:
+        assert repo.heartbeat(NODE_A, [new.lease_id]) == {new.lease_id}
 
 
 # --------------------------------------------------------------------------- cancel vs claim
