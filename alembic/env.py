@@ -70,6 +70,12 @@ def _migrate(conn: sa.Connection) -> None:
     _configure(connection=conn)
     with context.begin_transaction():
         context.run_migrations()
+        # Alembic leaves its version table behind, empty, after a downgrade to base; uninstalled
+        # means nothing of ours is left. Done under the lock, so a concurrent install that
+        # queued behind this downgrade creates a fresh one.
+        if not context.get_context().get_current_heads():
+            version = sa.Table(names.version_table, sa.MetaData(), schema=names.schema)
+            version.drop(conn, checkfirst=True)
 
 
 def run_online() -> None:
