@@ -1,94 +1,58 @@
-"""The ``pg-scheduler`` commands (click for arguments, rich for tables).
+"""The ``pg-scheduler`` commands: click parses the command line, rich draws the tables.
 
-Loaded by ``pg_scheduler.cli.main`` once the ``cli`` extra is known to be installed. Every command
-that talks to PostgreSQL takes ``--url`` (or ``PG_SCHEDULER_DATABASE_URL``), ``--table-prefix``
-and ``--schema``. Whatever goes wrong ends as one line on stderr naming the problem and the fix, and
-an exit code: 0 success, 1 the command failed (database unreachable, schema not installed, unknown
-job key, ...), 2 the command line is wrong (bad flag, bad URL, unknown module), 130 interrupted.
+Loaded by ``pg_scheduler.cli.main`` once the ``cli`` extra is known to be installed; the exit codes
+and the one-line error format are described there. Commands that talk to PostgreSQL take ``--url``
+(or ``PG_SCHEDULER_DATABASE_URL``), ``--table-prefix`` and ``--schema``; listing commands take
+``--json`` for scripts.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import datetime as dt
-import enum
 import functools
-import json
 import os
-import re
 import sys
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from click.core import ParameterSource
 from rich.console import Console
+from rich.text import Text
 
-from . import migrations
-from .cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .errors import ConfigError, MigrationError, PgSchedulerError
-from .naming import Names
+from . import embedded, migrations
+from .cli import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PREFIX_ENV,
+    SCHEMA_ENV,
+    TRACEBACK_ENV,
+    URL_ENV,
+    URL_EXAMPLE,
+    CliError,
+    Database,
+    UsageProblem,
+    describe,
+    first_line,
+    parse_names,
+    parse_url,
+    report,
+)
+from .config import DEFAULT_NO_HEARTBEAT_TIMEOUT, SchedulerConfig
+from .errors import EmbeddedPostgresError, InvalidStateError, MigrationError, UnknownJobError
+from .scheduler import Scheduler
+from .states import JobStatus, JobType
+from .views import job_fields, jobs_table, node_state, nodes_table, plain, runs_table, to_json, when
+from .worker import configure_logging, serve, stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-URL_ENV = "PG_SCHEDULER_DATABASE_URL"
-PREFIX_ENV = "PG_SCHEDULER_TABLE_PREFIX"
-SCHEMA_ENV = "PG_SCHEDULER_SCHEMA"
-TRACEBACK_ENV = "PG_SCHEDULER_TRACEBACK"
-URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
-# The CLI runs synchronously; an async app's URL is used with the sync driver of the same family.
-_SYNC_DRIVERS = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
-_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}
-_PASSWORD_RE = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
-
-class CliError(Exception):
-    """A failure to report as one line (``problem: fix``) with an exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# ---------------------------------------------------------------------------------------- errors
-def first_line(exc: BaseException) -> str:
-    """The first line of a (driver) error, without SQLAlchemy's background links."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(orig).__name__
-
-
-def describe(exc: BaseException) -> tuple[str, int]:
-    """The one-line message and the exit code for an exception that ended a command."""
-    if isinstance(exc, click.UsageError):
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        return f"{exc.format_message()}{where}", EXIT_USAGE
-    if isinstance(exc, click.ClickException):
-        return exc.format_message(), exc.exit_code
-    if isinstance(exc, CliError):
-        return str(exc), exc.exit_code
-    if isinstance(exc, ConfigError):
-        return str(exc), EXIT_USAGE
-    if isinstance(exc, PgSchedulerError):
-        return first_line(exc), EXIT_FAILURE
-    if isinstance(exc, sa.exc.DBAPIError):
-        return f"database error: {first_line(exc)}", EXIT_FAILURE
-    return (
-        f"unexpected {type(exc).__name__}: {first_line(exc)} "
-        f"(rerun with --traceback or {TRACEBACK_ENV}=1 to see where)",
-        EXIT_FAILURE,
-    )
-
-
-def report(message: str) -> None:
-    """Print an error as one line on stderr (plain text: rich would wrap it)."""
-    click.echo(f"pg-scheduler: error: {' '.join(message.split())}", err=True)
-
-
-class App(click.Group):
+class RootGroup(click.Group):
     """The root group: turns every failure into one line on stderr and an exit code."""
 
     def main(  # type: ignore[override]
@@ -104,12 +68,9 @@ class App(click.Group):
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
         except click.Abort as exc:
-            if isinstance(exc.__cause__, KeyboardInterrupt):
-                report("interrupted")
-                code = EXIT_INTERRUPTED
-            else:
-                report("aborted")
-                code = EXIT_FAILURE
+            interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+            report("interrupted" if interrupted else "aborted")
+            code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURE
         except click.exceptions.Exit as exc:
             code = exc.exit_code
         except Exception as exc:
@@ -123,190 +84,57 @@ class App(click.Group):
 
 
 def stdout() -> Console:
-    """A console on the current stdout (looked up now, so CliRunner's capture sees it)."""
-    return Console(file=sys.stdout, soft_wrap=True)
+    """A console on the current stdout (looked up now, so CliRunner's capture sees it).
+
+    Piped output is not cut to 80 columns: a table's rows stay whole for grep and less.
+    """
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250
+    return Console(file=sys.stdout, soft_wrap=True, width=wide)
 
 
-# ---------------------------------------------------------------------------------------- database
-def redact(raw: str) -> str:
-    return _PASSWORD_RE.sub(r"\1***@", raw)
-
-
-def parse_url(raw: str | None) -> sa.URL:
-    """A PostgreSQL SQLAlchemy URL from ``--url``/``PG_SCHEDULER_DATABASE_URL``, or a usage error."""
-    if not raw:
-        raise click.UsageError(f"no database URL: pass --url {URL_EXAMPLE} or set {URL_ENV}")
-    try:
-        url = sa.make_url(raw)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise click.BadParameter(
-            f"{redact(raw)!r} is not a database URL ({first_line(exc)}); "
-            f"expected something like {URL_EXAMPLE}",
-            param_hint=f"'--url' / {URL_ENV}",
-        ) from exc
-    backend = url.get_backend_name()
-    if backend in ("postgres", "postgresql"):
-        driver = url.get_driver_name() if "+" in url.drivername else None
-        driver = _SYNC_DRIVERS.get(driver or "", driver)
-        return url.set(drivername=f"postgresql+{driver}" if driver else "postgresql")
-    raise click.BadParameter(
-        f"{url.render_as_string(hide_password=True)!r} is a {backend} URL, but pg_scheduler "
-        f"needs PostgreSQL; use a URL like {URL_EXAMPLE}",
-        param_hint=f"'--url' / {URL_ENV}",
-    )
-
-
-def parse_names(table_prefix: str, schema: str | None) -> Names:
-    try:
-        return Names(prefix=table_prefix, schema=schema or None)
-    except ConfigError as exc:
-        hint = "'--schema'" if "schema" in str(exc).lower() else "'--table-prefix'"
-        raise click.BadParameter(str(exc), param_hint=hint) from exc
-
-
-@dataclasses.dataclass(frozen=True)
-class Database:
-    """Where a command works: a URL and one installation (table prefix and schema)."""
-
-    url: sa.URL
-    names: Names
-    url_from_env: bool = False
-
-    @property
-    def shown(self) -> str:
-        return self.url.render_as_string(hide_password=True)
-
-    @property
-    def where(self) -> str:
-        return self.names.qualified(self.names.jobs_table)
-
-    def flags(self, *, url: bool = True) -> str:
-        """The flags that select this installation, for the fixes we suggest."""
-        parts = [] if self.url_from_env or not url else ["--url URL"]
-        if self.names.prefix:
-            parts.append(f"--table-prefix {self.names.prefix}")
-        if self.names.schema:
-            parts.append(f"--schema {self.names.schema}")
-        return "".join(f" {part}" for part in parts)
-
-    def engine(self) -> sa.Engine:
-        """An engine on the URL whose server answered, or a one-line explanation."""
-        connect_args: dict[str, Any] = {}
-        driver = self.url.get_driver_name()
-        if driver in ("psycopg", "psycopg2") and "connect_timeout" not in self.url.query:
-            connect_args["connect_timeout"] = 10  # libpq waits forever by default
-        try:
-            engine = sa.create_engine(
-                self.url, poolclass=sa.pool.NullPool, connect_args=connect_args
-            )
-        except sa.exc.NoSuchModuleError as exc:
-            raise click.BadParameter(
-                f"unknown driver in {self.shown!r}; use postgresql+psycopg (psycopg 3), "
-                "postgresql+psycopg2 or postgresql+pg8000",
-                param_hint=f"'--url' / {URL_ENV}",
-            ) from exc
-        except ImportError as exc:
-            package = _DRIVER_PACKAGES.get(driver, driver)
-            raise CliError(
-                f"the {driver} driver for {self.shown!r} is not installed ({exc}): "
-                f"pip install '{package}', or use a postgresql+psycopg:// URL"
-            ) from exc
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.select(sa.literal(1)))
-        except sa.exc.DBAPIError as exc:
-            raise CliError(
-                f"cannot connect to PostgreSQL at {self.shown}: {first_line(exc)}; check that the "
-                f"server is running and that the URL (host, port, user, password, database) is "
-                f"right"
-            ) from exc
-        return engine
-
-    def require_schema(self, engine: sa.Engine) -> None:
-        """Fail with the exact ``db upgrade`` command unless our tables are at head."""
-        installed = migrations.current(engine, names=self.names)
-        expected = migrations.head()
-        fix = f"run `pg-scheduler db upgrade{self.flags()}`"
-        if installed is None:
-            raise CliError(
-                f"pg_scheduler tables ({self.where}) are not installed in {self.shown}: {fix}"
-            )
-        if installed != expected:
-            if not _known_revision(installed):
-                fix = "upgrade the pg-scheduler package (a newer version migrated this database)"
-            raise CliError(
-                f"pg_scheduler tables ({self.where}) are at revision {installed!r}, but this "
-                f"pg-scheduler needs {expected!r}: {fix}"
-            )
-
-
-def _known_revision(revision: str) -> bool:
-    scripts = ScriptDirectory.from_config(migrations.make_config(Names()))
-    try:
-        return scripts.get_revision(revision) is not None
-    except CommandError:
-        return False
+def print_json(value: Any) -> None:
+    click.echo(to_json(value))
 
 
 def database_options(f: F) -> F:
-    """``--url``, ``--table-prefix`` and ``--schema``, passed on as one ``db: Database``."""
+    """``--url``, ``--table-prefix`` and ``--schema``, handed to the command as ``db: Database``."""
 
     @functools.wraps(f)
     def wrapper(
         *args: Any, url: str | None, table_prefix: str, schema: str | None, **kw: Any
     ) -> Any:
         ctx = click.get_current_context()
-        from_env = ctx.get_parameter_source("url") is click.core.ParameterSource.ENVIRONMENT
+        from_env = ctx.get_parameter_source("url") is ParameterSource.ENVIRONMENT
         names = parse_names(table_prefix, schema)
         return f(*args, db=Database(parse_url(url), names, from_env), **kw)
 
-    wrapper = click.option(
-        "--schema",
-        envvar=SCHEMA_ENV,
-        default=None,
-        help=f"PostgreSQL schema of the tables (default: the search path) [env: {SCHEMA_ENV}].",
-    )(wrapper)
-    wrapper = click.option(
-        "--table-prefix",
-        envvar=PREFIX_ENV,
-        default="",
-        help=f"Prefix of the tables, as in SchedulerConfig.table_prefix [env: {PREFIX_ENV}].",
-    )(wrapper)
-    wrapper = click.option(
-        "--url",
-        envvar=URL_ENV,
-        metavar="URL",
-        help=f"SQLAlchemy URL of the database, e.g. {URL_EXAMPLE} [env: {URL_ENV}].",
-    )(wrapper)
+    options = [
+        click.option(
+            "--url",
+            envvar=URL_ENV,
+            metavar="URL",
+            help=f"SQLAlchemy URL of the database, e.g. {URL_EXAMPLE} [env: {URL_ENV}].",
+        ),
+        click.option(
+            "--table-prefix",
+            envvar=PREFIX_ENV,
+            default="",
+            help=f"Prefix of the tables, as in SchedulerConfig.table_prefix [env: {PREFIX_ENV}].",
+        ),
+        click.option(
+            "--schema",
+            envvar=SCHEMA_ENV,
+            default=None,
+            help=f"PostgreSQL schema of the tables (default: search path) [env: {SCHEMA_ENV}].",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------------------------------- JSON
-def plain(value: Any) -> Any:
-    """``value`` as JSON data: ISO 8601 timestamps, seconds for durations, strings for UUIDs."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(plain(value), indent=2, ensure_ascii=False))
-
-
 # ---------------------------------------------------------------------------------------- root
-@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--traceback",
     is_flag=True,
@@ -331,7 +159,7 @@ def _run_migration(action: Callable[[], None]) -> None:
     try:
         action()
     except CommandError as exc:  # an unknown --revision, mostly
-        raise click.BadParameter(first_line(exc), param_hint="'--revision'") from exc
+        raise UsageProblem(f"invalid --revision: {first_line(exc)}") from exc
     except MigrationError as exc:
         raise CliError(first_line(exc)) from exc
 
@@ -373,8 +201,8 @@ def db_downgrade(db: Database, revision: str, yes: bool) -> None:
     """Downgrade the tables to REVISION (default: drop them, with every job and run in them)."""
     if not yes:
         if not sys.stdin.isatty():
-            raise click.UsageError(
-                f"downgrading {db.where} to {revision} can delete jobs and their history; "
+            raise UsageProblem(
+                f"downgrading {db.where} to {revision} deletes jobs and their history: "
                 "pass --yes to confirm"
             )
         click.confirm(
@@ -415,9 +243,7 @@ def db_current(db: Database, as_json: bool, check: bool) -> None:
         stdout().print(f"{db.where}: {_revision_label(current)}; head is {head}")
     if check and current != head:
         state = "not installed" if current is None else f"at {current}, not at head {head}"
-        raise CliError(
-            f"pg_scheduler tables ({db.where}) are {state}: run `pg-scheduler db upgrade{db.flags()}`"
-        )
+        raise CliError(f"pg_scheduler tables ({db.where}) are {state}: {db.upgrade_hint()}")
 
 
 @db.command("sql")
@@ -435,3 +261,289 @@ def db_sql(table_prefix: str, schema: str | None, revision: str, from_revision: 
 
     _run_migration(render)
     click.echo(out[0], nl=False)
+
+
+def open_scheduler(db: Database) -> Scheduler:
+    """A (never started) Scheduler on ``db``, for reading and steering jobs."""
+    engine = db.engine()
+    db.require_schema(engine)
+    return Scheduler(
+        SchedulerConfig(engine=engine, table_prefix=db.names.prefix, schema=db.names.schema)
+    )
+
+
+@contextlib.contextmanager
+def steering(db: Database, key: str, allowed: str) -> Iterator[None]:
+    """Turn "no such job" and "not in a state for this" into one line with the way out."""
+    try:
+        yield
+    except UnknownJobError:
+        raise unknown_key(db, key) from None
+    except InvalidStateError as exc:
+        raise CliError(f"{exc}: {allowed} (see `pg-scheduler jobs show KEY{db.flags()}`)") from None
+
+
+def unknown_key(db: Database, key: str) -> CliError:
+    return CliError(
+        f"no job with key {key!r} in {db.where}: list the keys with "
+        f"`pg-scheduler jobs list{db.flags()}`"
+    )
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+key_argument = click.argument("key")
+
+
+@cli.group()
+def jobs() -> None:
+    """List, inspect and steer jobs (a job is a row: one per recurring job, one per enqueue)."""
+
+
+@jobs.command("list")
+@database_options
+@click.option("--name", default=None, help="Only jobs with this name.")
+@click.option(
+    "--status", type=click.Choice([s.value for s in JobStatus]), help="Only jobs in this state."
+)
+@click.option(
+    "--type", "job_type", type=click.Choice([t.value for t in JobType]), help="Only this type."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+def jobs_list(
+    *,
+    db: Database,
+    name: str | None,
+    status: str | None,
+    job_type: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, the next due first. JSON: a list of job objects."""
+    found = open_scheduler(db).list_jobs(name=name, status=status, job_type=job_type, limit=limit)
+    if as_json:
+        print_json(found)
+    elif not found:
+        stdout().print(f"no jobs in {db.where}")
+    else:
+        console = stdout()
+        console.print(jobs_table(found, wide=console.width >= 160))
+
+
+@jobs.command("show")
+@database_options
+@key_argument
+@json_option
+def jobs_show(db: Database, key: str, as_json: bool) -> None:
+    """Show every field of the job KEY, its last error and its recent runs."""
+    scheduler = open_scheduler(db)
+    job = scheduler.get_job(key)
+    if job is None:
+        raise unknown_key(db, key)
+    if as_json:
+        print_json(job)
+        return
+    console = stdout()
+    console.print(job_fields(job))
+    if job.last_error:
+        console.print(Text("last_error", style="bold"))
+        console.print(Text(job.last_error.rstrip()), markup=False)
+    runs = scheduler.list_runs(key, limit=10)
+    if runs:
+        console.print(runs_table(runs, "recent runs"))
+
+
+@jobs.command("cancel")
+@database_options
+@key_argument
+@json_option
+def jobs_cancel(db: Database, key: str, as_json: bool) -> None:
+    """Cancel the pending job KEY; a running one is asked to stop (it checks at its heartbeat)."""
+    with steering(db, key, "only pending or running jobs can be cancelled"):
+        result = open_scheduler(db).cancel_job(key)
+    if as_json:
+        print_json(result)
+    elif result.cancelled:
+        stdout().print(f"cancelled {key}")
+    else:
+        stdout().print(f"{key} is running on {result.node_id}: asked it to stop")
+
+
+@jobs.command("retry")
+@database_options
+@key_argument
+@json_option
+def jobs_retry(db: Database, key: str, as_json: bool) -> None:
+    """Run the failed or cancelled job KEY again, now, with a fresh attempt budget."""
+    with steering(db, key, "only failed or cancelled jobs can be retried"):
+        job = open_scheduler(db).retry_job(key)
+    if as_json:
+        print_json(job)
+    else:
+        stdout().print(f"{key} is pending again, due {when(job.next_run)} UTC")
+
+
+@jobs.command("trigger")
+@database_options
+@key_argument
+@json_option
+def jobs_trigger(db: Database, key: str, as_json: bool) -> None:
+    """Make the pending job KEY due now (a recurring job runs once, outside its schedule)."""
+    with steering(db, key, "only pending jobs can be triggered; `jobs retry` re-runs a failed one"):
+        job = open_scheduler(db).trigger(key)
+    if as_json:
+        print_json(job)
+    else:
+        stdout().print(f"{key} is due now ({when(job.next_run)} UTC)")
+
+
+@cli.command()
+@database_options
+@key_argument
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+def runs(db: Database, key: str, limit: int, as_json: bool) -> None:
+    """History of the job KEY: one row per attempt, newest first. JSON: a list of runs."""
+    scheduler = open_scheduler(db)
+    found = scheduler.list_runs(key, limit=limit)
+    if not found and scheduler.get_job(key) is None:
+        raise unknown_key(db, key)
+    if as_json:
+        print_json(found)
+    elif not found:
+        stdout().print(f"{key} has not run yet")
+    else:
+        stdout().print(runs_table(found))
+
+
+@cli.command()
+@database_options
+@click.option("--all", "show_all", is_flag=True, help="Also list stopped and silent nodes.")
+@click.option(
+    "--within",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_NO_HEARTBEAT_TIMEOUT.total_seconds(),
+    show_default=True,
+    help="A node is live if seen within this many seconds.",
+)
+@json_option
+def nodes(db: Database, show_all: bool, within: float, as_json: bool) -> None:
+    """Live nodes (scheduler processes) and the job names each registered."""
+    scheduler = open_scheduler(db)
+    window = dt.timedelta(seconds=within)
+    with scheduler.transaction() as repo:
+        now = repo.now()
+        found = repo.list_nodes(live_within=None if show_all else window)
+    if as_json:
+        print_json([{**plain(n), "state": node_state(n, now, window)} for n in found])
+    elif not found:
+        stdout().print(f"no live nodes in {db.where}" + ("" if show_all else " (try --all)"))
+    else:
+        stdout().print(nodes_table(found, now, window))
+
+
+# ---------------------------------------------------------------------------------------- worker
+@cli.command()
+@click.argument("app", metavar="MODULE:ATTRIBUTE")
+@click.option(
+    "--url",
+    envvar=URL_ENV,
+    metavar="URL",
+    help=f"Database URL, handed to a factory that takes one [env: {URL_ENV}].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=embedded.DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Data directory of the embedded PostgreSQL, used when there is no URL.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker(app: str, url: str | None, data_dir: Path, log_level: str) -> None:
+    """Run the Scheduler that MODULE:ATTRIBUTE defines, until SIGTERM or Ctrl-C.
+
+    \b
+    ATTRIBUTE (dots allowed) is one of:
+      - a Scheduler: the app built it with its own engine;
+      - a function without parameters returning a Scheduler;
+      - a function taking the database URL and returning a Scheduler: it gets --url, else
+        PG_SCHEDULER_DATABASE_URL, else (with a warning) the URL of an embedded PostgreSQL
+        started in --data-dir, whose tables are installed for you: for development only.
+
+    --url is also exported as PG_SCHEDULER_DATABASE_URL before MODULE is imported, so an app
+    that reads that variable uses it; a --url naming another database than the engine of a
+    ready-made Scheduler is refused.
+
+    SIGTERM or SIGINT stops claiming, gives running jobs the scheduler's shutdown_timeout to
+    finish, hands back the others to the cluster, and exits 0. A second signal stops at once.
+    """
+    configure_logging(log_level)
+    explicit = click.get_current_context().get_parameter_source("url") is (
+        ParameterSource.COMMANDLINE
+    )
+    # Signals are caught from here on: a SIGTERM that arrives while the app is still loading
+    # must stop the worker cleanly too, not kill it halfway through start().
+    with stop_signals() as stop:
+        serve(
+            app,
+            parse_url(url) if url else None,
+            url_is_explicit=explicit,
+            data_dir=data_dir,
+            stop=stop,
+        )
+
+
+# ---------------------------------------------------------------------------------------- demo
+@cli.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds to run, then stop and print the summary [default: until Ctrl-C].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=embedded.DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Where the embedded PostgreSQL keeps its data (reused next time) and the nodes' logs.",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    default=None,
+    help="Use this PostgreSQL instead of the embedded one (its demo_* tables are reset).",
+)
+@click.option("--nodes", type=click.IntRange(1, 8), default=2, show_default=True)
+def demo(duration: float | None, data_dir: Path, url: str | None, nodes: int) -> None:
+    """Run a small cluster and prove, from the database, that no tick ran twice.
+
+    Starts (or reuses) an embedded PostgreSQL in --data-dir, resets the demo's tables (prefix
+    demo_), starts NODES worker processes with a per-second recurring job, enqueues one-time jobs
+    with parameters (one fails twice, then succeeds), and shows jobs, runs and nodes live (plain
+    progress lines when stdout is not a terminal). When --duration ends, or on Ctrl-C, the nodes
+    shut down gracefully and a summary states how many ticks ran, how many ran twice, and how
+    each job ended. Exit code 0 if no tick ran twice and every job ended as expected, 1 if not.
+    """
+    from . import demo as cluster
+
+    parsed = parse_url(url).render_as_string(hide_password=False) if url else None
+    console = stdout()
+    with stop_signals() as stop:
+        try:
+            code = cluster.run(
+                url=parsed,
+                data_dir=data_dir,
+                duration=duration,
+                node_count=nodes,
+                console=console,
+                stop=stop,
+            )
+        except EmbeddedPostgresError as exc:
+            raise CliError(f"{first_line(exc)}, or pass --url to use your own PostgreSQL") from exc
+    click.get_current_context().exit(code)

@@ -1,0 +1,297 @@
+"""Run the ``Scheduler`` an application defines, as ``pg-scheduler worker MODULE:ATTRIBUTE`` does.
+
+The attribute is found the way ``celery worker`` and ``uvicorn`` find theirs: import ``MODULE``
+(the current directory is on the path), then follow ``ATTRIBUTE`` (dots allowed). It may be
+
+* a ``Scheduler`` instance: the app built it with its own engine;
+* a factory taking no argument and returning a ``Scheduler``;
+* a factory taking the database URL (a ``str``) and returning a ``Scheduler``: the worker passes
+  ``--url``/``PG_SCHEDULER_DATABASE_URL``, or, when neither is set, the URL of an embedded
+  PostgreSQL it starts for development.
+
+A worker runs until SIGTERM or SIGINT, then shuts the scheduler down gracefully (running jobs get
+``shutdown_timeout`` to finish; the others are handed back to the cluster).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import embedded, migrations
+from .cli import URL_ENV, CliError, Database, UsageProblem, first_line
+from .errors import ConfigError, EmbeddedPostgresError, PgSchedulerError, SchemaNotInstalledError
+from .scheduler import Scheduler
+
+log = logging.getLogger("pg_scheduler.worker")
+
+
+class AppNotFoundError(ConfigError):
+    """``MODULE:ATTRIBUTE`` does not name a Scheduler (a usage error)."""
+
+
+class AppLoadError(PgSchedulerError):
+    """The application's module or factory raised while loading."""
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """A parsed ``MODULE:ATTRIBUTE``."""
+
+    module: str
+    attribute: str
+
+    @classmethod
+    def parse(cls, spec: str) -> AppSpec:
+        module, sep, attribute = spec.partition(":")
+        valid = all(part.isidentifier() for part in module.split(".")) and all(
+            part.isidentifier() for part in attribute.split(".")
+        )
+        if not sep or not valid:
+            raise AppNotFoundError(
+                f"{spec!r} is not MODULE:ATTRIBUTE; write it like myapp.tasks:scheduler "
+                "(a module, a colon, then a Scheduler or a factory returning one)"
+            )
+        return cls(module, attribute)
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.attribute}"
+
+
+def import_module(spec: AppSpec) -> ModuleType:
+    """Import the app's module, telling a missing module from one that fails to import."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the app lives where we run
+    try:
+        return importlib.import_module(spec.module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if spec.module == missing or spec.module.startswith(f"{missing}."):
+            raise AppNotFoundError(
+                f"cannot import module {spec.module!r} (from {spec}): no module named "
+                f"{missing!r}; run the worker from the directory that contains it, or add that "
+                "directory to PYTHONPATH"
+            ) from exc
+        raise AppLoadError(
+            f"importing {spec.module!r} failed: {exc}; install the missing package"
+        ) from exc
+    except Exception as exc:
+        raise AppLoadError(f"importing {spec.module!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def find_attribute(spec: AppSpec) -> Any:
+    obj: Any = import_module(spec)
+    for part in spec.attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppNotFoundError(
+                f"module {spec.module!r} has no attribute {spec.attribute!r}; name its Scheduler "
+                "(or a function returning one) after the colon"
+            ) from None
+    return obj
+
+
+def takes_url(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` wants the database URL as its one required argument."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    required = [
+        p
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(required) == 1
+
+
+@dataclass(frozen=True)
+class App:
+    """What ``MODULE:ATTRIBUTE`` names: a ready scheduler, or a factory (maybe of the URL)."""
+
+    spec: AppSpec
+    target: Any
+
+    @classmethod
+    def load(cls, spec: str) -> App:
+        parsed = AppSpec.parse(spec)
+        target = find_attribute(parsed)
+        if not isinstance(target, Scheduler) and not callable(target):
+            raise AppNotFoundError(
+                f"{parsed} is a {type(target).__name__}, not a pg_scheduler Scheduler or a "
+                "function returning one"
+            )
+        return cls(parsed, target)
+
+    @property
+    def needs_url(self) -> bool:
+        return not isinstance(self.target, Scheduler) and takes_url(self.target)
+
+    def scheduler(self, url: str | None) -> Scheduler:
+        """The app's Scheduler; a factory is called now (with ``url`` if it takes one)."""
+        if isinstance(self.target, Scheduler):
+            return self.target
+        try:
+            made = self.target(url) if self.needs_url else self.target()
+        except PgSchedulerError:
+            raise
+        except Exception as exc:
+            raise AppLoadError(f"{self.spec}() raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(made, Scheduler):
+            raise AppNotFoundError(
+                f"{self.spec}() returned a {type(made).__name__}, not a pg_scheduler Scheduler"
+            )
+        return made
+
+
+@contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGTERM or SIGINT; a second one stops at once."""
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            # Second signal: the operator insists. Restore the defaults and let it through.
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.kill(os.getpid(), signum)
+            return
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_until_stopped(
+    scheduler: Scheduler, stop: threading.Event, on_started: Callable[[], None] = lambda: None
+) -> None:
+    """Start ``scheduler`` (unless the app already did), wait for ``stop``, shut it down."""
+    if not scheduler.running:
+        scheduler.start()
+    on_started()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        scheduler.shutdown()
+
+
+def same_database(a: sa.URL, b: sa.URL) -> bool:
+    def where(url: sa.URL) -> tuple[Any, ...]:
+        return (url.host, url.port or 5432, url.database, url.username, url.query.get("host"))
+
+    return where(a) == where(b)
+
+
+def serve(
+    spec: str,
+    url: sa.URL | None,
+    *,
+    url_is_explicit: bool,
+    data_dir: Path,
+    stop: threading.Event,
+) -> None:
+    """Load the app's Scheduler, run it until ``stop`` is set, and shut it down.
+
+    ``url`` comes from ``--url`` (``url_is_explicit``) or the environment. An explicit URL is
+    exported as ``PG_SCHEDULER_DATABASE_URL`` before the app's module is imported, so an app
+    that reads it at import time uses it too.
+    """
+    if url is not None and url_is_explicit:
+        os.environ[URL_ENV] = url.render_as_string(hide_password=False)
+    app = App.load(spec)
+    server: embedded.EmbeddedPostgres | None = None
+    try:
+        if app.needs_url and url is None:
+            log.warning(
+                "no database URL (--url or %s): starting the embedded PostgreSQL in %s, for "
+                "development only; its tables are installed automatically",
+                URL_ENV,
+                data_dir,
+            )
+            server = start_embedded(data_dir)
+            url = sa.make_url(server.url)
+        scheduler = app.scheduler(url.render_as_string(hide_password=False) if url else None)
+        engine_url = scheduler.engine.url
+        if url is not None and url_is_explicit and not same_database(url, engine_url):
+            raise UsageProblem(
+                f"{spec} brings its own engine on {engine_url.render_as_string(hide_password=True)}"
+                f", another database than --url: drop --url, or make {spec} a function that "
+                "takes the URL"
+            )
+        if server is not None:
+            migrations.upgrade(scheduler.engine, names=scheduler.names)
+        target = Database(engine_url, scheduler.names)
+
+        def started() -> None:
+            log.info(
+                "worker %s: node %s on %s runs %s; SIGTERM or Ctrl-C stops it",
+                spec,
+                scheduler.node_id,
+                target.shown,
+                ", ".join(sorted(scheduler.registered_names())) or "no jobs",
+            )
+
+        if stop.is_set():  # a signal arrived while the app was loading
+            return
+        try:
+            run_until_stopped(scheduler, stop, started)
+        except SchemaNotInstalledError:
+            raise CliError(
+                f"pg_scheduler tables ({target.where}) are not installed in {target.shown}: "
+                f"{target.upgrade_hint()}"
+            ) from None
+        log.info("worker %s stopped", spec)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def start_embedded(data_dir: Path) -> embedded.EmbeddedPostgres:
+    try:
+        return embedded.start(data_dir)
+    except EmbeddedPostgresError as exc:
+        raise CliError(
+            f"{first_line(exc)}, or pass --url / set {URL_ENV} to use your own PostgreSQL"
+        ) from exc
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr: rich on a terminal, plain timestamped lines otherwise (files, CI).
+
+    The library never configures logging; the worker is an application entry point, so it does.
+    """
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
