@@ -216,4 +216,9 @@ def validate_job_name(name: object) -> str:
         )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise InvalidJobNameError(f"job name {name!r} contains a control character (NUL, newline…)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a bad decode upstream) cannot be sent to PostgreSQL at all.
+        raise InvalidJobNameError(f"job name {name!r} is not valid Unicode text") from None
     return name

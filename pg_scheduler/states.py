@@ -40,7 +40,8 @@ class JobStatus(str, enum.Enum):
     FAILED = "failed"
     """A one-time job whose attempts are used up."""
     CANCELLED = "cancelled"
-    """Cancelled by an operator; a cancelled recurring job stays off until scheduled again."""
+    """Cancelled by an operator. A cancelled recurring job stays off, even across re-scheduling
+    at deploys, until an operator runs it again with ``retry_job`` (``pg-scheduler jobs retry``)."""
 
     def __str__(self) -> str:
         return self.value
