@@ -129,7 +129,9 @@ class Listener:
                 backoff = min(backoff * 2, 5.0)
 
     def _wait_psycopg(self, conn: Any) -> list[str]:
-        return [n.payload for n in conn.notifies(timeout=WAIT_SECONDS)]
+        # stop_after: return with the first notification. Without it the generator keeps
+        # collecting until the timeout, and every wake-up came up to WAIT_SECONDS late.
+        return [n.payload for n in conn.notifies(timeout=WAIT_SECONDS, stop_after=1)]
 
     def _wait_psycopg2(self, conn: Any) -> list[str]:
         ready, _, _ = select.select([conn], [], [], WAIT_SECONDS)
