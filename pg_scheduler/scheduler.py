@@ -125,6 +125,30 @@ class Scheduler:
                 self._schema_ok = False
             raise error from exc
 
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[JobRepository]:
+        """A repository on a pooled connection in autocommit: each statement is its own
+        transaction, with no BEGIN and COMMIT round trips. Only for callers that run one atomic
+        statement (an enqueue, a claim) or only read."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                # The client-side deadline only: a transaction-local statement_timeout would
+                # end with the first statement.
+                dbapi_connection = conn.connection.dbapi_connection
+                with (
+                    self.deadlines.guard(dbapi_connection, "an autocommit statement"),
+                    Session(bind=conn) as session,
+                ):
+                    yield self.repository(session)
+        except sa.exc.DBAPIError as exc:
+            error = translate_error(exc, self.names, self.engine.url)
+            if error is None:
+                raise
+            if isinstance(error, SchemaNotInstalledError):
+                self._schema_ok = False
+            raise error from exc
+
     def repository(self, session: Session) -> JobRepository:
         """A repository on ``session`` (the caller owns its transaction)."""
         return JobRepository(
@@ -260,7 +284,7 @@ class Scheduler:
         if session is not None:
             return self.repository(session).insert_one_time(spec)
         self._ensure_schema()
-        with self.transaction() as repo:
+        with self.autocommit() as repo:  # one statement: the insert and its NOTIFY
             return repo.insert_one_time(spec)
 
     def enqueue_many(
@@ -279,7 +303,7 @@ class Scheduler:
         if session is not None:
             return self.repository(session).insert_many(specs)
         self._ensure_schema()
-        with self.transaction() as repo:
+        with self.autocommit() as repo:  # one statement: the insert and its NOTIFY
             return repo.insert_many(specs)
 
     def get_job(self, key: str) -> JobRecord | None:
