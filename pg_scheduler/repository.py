@@ -25,7 +25,13 @@ from sqlalchemy.orm import Session
 from . import states
 from .config import RetryBackoff
 from .cron import CronSchedule, MisfirePolicy, next_run_after
-from .errors import ConfigError, InvalidStateError, JobNotFoundError
+from .errors import (
+    ConfigError,
+    InvalidCronError,
+    InvalidStateError,
+    InvalidTimezoneError,
+    JobNotFoundError,
+)
 from .models import Models
 from .naming import validate_job_name
 from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
@@ -94,6 +100,11 @@ def describe_error(exc: BaseException, formatted: str | None = None) -> str:
         half = MAX_ERROR_LENGTH // 2
         text = f"{text[:half]}\n... [truncated] ...\n{text[-half:]}"
     return text.replace("\x00", "\\x00")
+
+
+def schedule_disabled(exc: Exception) -> str:
+    """``last_error`` of a recurring job whose stored schedule cannot produce a next tick."""
+    return f"schedule disabled: {exc} (fix the job's cron or time zone, then retry it)"
 
 
 @dataclass(frozen=True)
@@ -499,10 +510,17 @@ class JobRepository:
             transition, status = states.RETRY, JobStatus.PENDING
             values.update(next_run=now() + self.backoff.delay(job.attempt))
         elif job.job_type is JobType.RECURRING:
-            # Done with this tick, whatever happened: wait for the next one.
-            transition, status = states.RESCHEDULE, JobStatus.PENDING
-            next_run = self._next_tick(job)
-            values.update(next_run=next_run, scheduled_at=next_run, attempt=0)
+            try:
+                next_run = self._next_tick(job)
+            except (InvalidCronError, InvalidTimezoneError) as exc:
+                # The stored schedule is invalid (edited by hand, or written by another version):
+                # this job has no next tick. Disable it, with the reason; the node goes on.
+                transition, status = states.FAIL, JobStatus.FAILED
+                values.update(next_run=None, finished_at=now(), last_error=schedule_disabled(exc))
+            else:
+                # Done with this tick, whatever happened: wait for the next one.
+                transition, status = states.RESCHEDULE, JobStatus.PENDING
+                values.update(next_run=next_run, scheduled_at=next_run, attempt=0)
         else:
             status = {
                 RunStatus.COMPLETED: JobStatus.COMPLETED,
@@ -551,6 +569,116 @@ class JobRepository:
         if recorded == outcome.status.value:
             return FinishResult(applied=True, status=status, already_recorded=True)
         return FinishResult(applied=False)
+
+    def finish_many(self, items: Sequence[tuple[ClaimedJob, Outcome]]) -> list[FinishResult]:
+        """``finish`` for each item, in fewer statements; results in the order of ``items``.
+
+        Completed one-time runs, the bulk of a busy queue, share one statement (their keys, leases
+        and durations travel as arrays); any other outcome goes through ``finish``. Every row is
+        still fenced by its own lease: a lost lease matches nothing and reads as not applied.
+        """
+        results: list[FinishResult | None] = [None] * len(items)
+        simple = [
+            i
+            for i, (claimed, outcome) in enumerate(items)
+            if outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
+        ]
+        if simple:
+            done = self._complete_one_time([items[i] for i in simple])
+            for i, result in zip(simple, done, strict=True):
+                results[i] = result
+        for i, (claimed, outcome) in enumerate(items):
+            if results[i] is None:
+                results[i] = self.finish(claimed, outcome)
+        return [result for result in results if result is not None]
+
+    def _complete_one_time(self, items: list[tuple[ClaimedJob, Outcome]]) -> list[FinishResult]:
+        leases = [str(claimed.lease_id) for claimed, _ in items]
+        statement = self._prebuilt("complete_one_time", self._complete_one_time_stmt)
+        rows = self._execute(
+            statement,
+            {
+                "keys": [claimed.key for claimed, _ in items],
+                "leases": leases,
+                "durations": [outcome.duration_ms for _, outcome in items],
+            },
+        )
+        written = {str(row[0]) for row in rows}
+        missing = [lease for lease in leases if lease not in written]
+        recorded: set[str] = set()
+        if missing:
+            # As in ``finish``: a lease that matched nothing was either lost, or this is a retry
+            # of a write whose COMMIT landed before the connection died; the run row tells which.
+            r = self.runs.c
+            recorded = {
+                str(row[0])
+                for row in self._execute(
+                    sa.select(r.lease_id).where(
+                        r.lease_id.in_([uuid.UUID(lease) for lease in missing]),
+                        r.status == RunStatus.COMPLETED.value,
+                    )
+                )
+            }
+        completed = FinishResult(applied=True, status=JobStatus.COMPLETED)
+        again = FinishResult(applied=True, status=JobStatus.COMPLETED, already_recorded=True)
+        return [
+            completed if lease in written else again if lease in recorded else FinishResult(False)
+            for lease in leases
+        ]
+
+    def _complete_one_time_stmt(self) -> Any:
+        """The COMPLETE transition of ``finish`` for a one-time job, for many rows at once."""
+        text = sa.Text
+        done = (
+            sa.func.unnest(
+                sa.cast(sa.bindparam("keys", type_=postgresql.ARRAY(text)), postgresql.ARRAY(text)),
+                sa.cast(
+                    sa.bindparam("leases", type_=postgresql.ARRAY(text)),
+                    postgresql.ARRAY(postgresql.UUID(as_uuid=True)),
+                ),
+                sa.cast(
+                    sa.bindparam("durations", type_=postgresql.ARRAY(sa.BigInteger)),
+                    postgresql.ARRAY(sa.BigInteger),
+                ),
+            )
+            .table_valued(
+                sa.column("key", text),
+                sa.column("lease_id", postgresql.UUID(as_uuid=True)),
+                sa.column("duration_ms", sa.BigInteger),
+            )
+            .render_derived(name="done")
+        )
+        j, r = self.jobs.c, self.runs.c
+        moved = (
+            sa.update(self.jobs)
+            .where(j.key == done.c.key, self._guard(states.COMPLETE, lease_id=done.c.lease_id))
+            .values(
+                status=JobStatus.COMPLETED.value,
+                next_run=None,
+                finished_at=now(),
+                lease_id=None,
+                heartbeat_at=None,
+                cancel_requested=False,
+                execution_time_ms=done.c.duration_ms,
+                last_success_at=now(),
+                consecutive_failures=0,
+                last_error=None,
+                updated_at=now(),
+            )
+            .returning(j.key, done.c.lease_id, done.c.duration_ms)
+            .cte("moved")
+        )
+        return (
+            sa.update(self.runs)
+            .where(r.lease_id == moved.c.lease_id, r.job_key == moved.c.key)
+            .values(
+                status=RunStatus.COMPLETED.value,
+                finished_at=now(),
+                duration_ms=moved.c.duration_ms,
+                error=None,
+            )
+            .returning(moved.c.lease_id)
+        )
 
     def _next_tick(self, job: JobRecord) -> dt.datetime:
         assert job.cron is not None and job.scheduled_at is not None
@@ -672,25 +800,42 @@ class JobRepository:
             if row["status"] == JobStatus.FAILED.value:
                 failed.append(row["key"])
                 continue
-            pending.append(row["key"])
             exhausted = row["attempt"] > row["max_retries"] and run_status is RunStatus.LOST
             if row["job_type"] == JobType.RECURRING.value and exhausted:
                 # A recurring job out of attempts for this tick goes back to its schedule. The row
                 # is locked by the statement above until this transaction ends, so this second
                 # write cannot race anyone.
                 db_now = db_now or self.now()
-                tick = next_run_after(
-                    CronSchedule.parse(row["cron"], row["timezone"]),
-                    tick=row["scheduled_at"],
-                    now=db_now,
-                    misfire=row["misfire"],
-                    grace=row["misfire_grace"],
-                )
+                still_pending = sa.and_(j.key == row["key"], j.status == JobStatus.PENDING.value)
+                try:
+                    tick = next_run_after(
+                        CronSchedule.parse(row["cron"], row["timezone"]),
+                        tick=row["scheduled_at"],
+                        now=db_now,
+                        misfire=row["misfire"],
+                        grace=row["misfire_grace"],
+                    )
+                except (InvalidCronError, InvalidTimezoneError) as exc:
+                    # An invalid stored schedule disables its own job; raising here would roll
+                    # back the rescue of every other stalled job, on every pass, forever.
+                    self._execute(
+                        sa.update(self.jobs)
+                        .where(still_pending)
+                        .values(
+                            status=JobStatus.FAILED.value,
+                            next_run=None,
+                            finished_at=now(),
+                            last_error=schedule_disabled(exc),
+                        )
+                    )
+                    failed.append(row["key"])
+                    continue
                 self._execute(
                     sa.update(self.jobs)
-                    .where(j.key == row["key"], j.status == JobStatus.PENDING.value)
+                    .where(still_pending)
                     .values(next_run=tick, scheduled_at=tick, attempt=0)
                 )
+            pending.append(row["key"])
         if pending:
             self.notify()
         return TakeBackResult(tuple(pending), tuple(failed))

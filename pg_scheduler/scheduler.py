@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ from .maintenance import Maintenance
 from .models import Models, build_models
 from .naming import Names
 from .notify import Listener
+from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
@@ -102,6 +103,7 @@ class Scheduler:
         self._loop: EventLoopThread | None = None
         self.deadlines = Deadlines(config.statement_timeout)
         self.poller = Poller(self)
+        self.outcomes = OutcomeWriter(self._write_outcomes)
         self.heartbeat = Heartbeat(self)
         self.maintenance = Maintenance(self)
         self.listener = Listener(self.engine, self.names.channel, self._on_notify, log=self.log)
@@ -511,6 +513,10 @@ class Scheduler:
             self._retry_database("release", release)
             return
 
+        grouped = self.outcomes.write(claimed, outcome)
+        if grouped is not None:
+            report_outcome(self.log, claimed, outcome, grouped)
+            return
         result_box: list[FinishResult] = []
 
         def write() -> None:
@@ -522,6 +528,12 @@ class Scheduler:
             report_dropped(self.log, claimed.key)
             return
         report_outcome(self.log, claimed, outcome, result_box[0] if written else None)
+
+    def _write_outcomes(
+        self, items: Sequence[tuple[ClaimedJob, Outcome]]
+    ) -> Sequence[FinishResult]:
+        with self.transaction() as repo:
+            return repo.finish_many(items)
 
     def _retry_database(
         self, what: str, fn: Callable[[], None], *, holder: RunningJob | None = None
