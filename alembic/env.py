@@ -21,7 +21,7 @@ from pg_scheduler.migrations import (
 from pg_scheduler.models import build_models
 
 config = context.config
-names = names_from_alembic(config)
+names = names_from_alembic(config, own_environment=True)
 target_metadata = build_models(names).metadata
 
 

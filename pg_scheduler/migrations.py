@@ -70,12 +70,16 @@ def _x_args(cfg: Config) -> dict[str, str]:
     return dict(item.partition("=")[::2] for item in raw)
 
 
-def names_from_alembic(cfg: Config) -> Names:
+def names_from_alembic(cfg: Config, *, own_environment: bool = False) -> Names:
     """The installation an Alembic run is migrating, under our env.py or a host's.
 
-    Order: ``Config.attributes["pg_scheduler_names"]``, ``-x table_prefix=/-x schema=``, the ini
-    options ``pg_scheduler.table_prefix`` / ``pg_scheduler.schema``, then the environment variables
-    ``PG_SCHEDULER_TABLE_PREFIX`` / ``PG_SCHEDULER_SCHEMA``.
+    Order: ``Config.attributes["pg_scheduler_names"]``; ``-x pg_scheduler.table_prefix=`` /
+    ``-x pg_scheduler.schema=`` (and, under our own env.py only, the short ``-x table_prefix=`` /
+    ``-x schema=``); the ini options ``pg_scheduler.table_prefix`` / ``pg_scheduler.schema``; then
+    the environment variables ``PG_SCHEDULER_TABLE_PREFIX`` / ``PG_SCHEDULER_SCHEMA``.
+
+    Under a host's env.py (our revisions as a branch of its history) the short ``-x`` keys are the
+    host's own options: a host's ``-x schema=tenant`` must not move our tables.
     """
     names = cfg.attributes.get("pg_scheduler_names")
     if isinstance(names, Names):
@@ -83,7 +87,11 @@ def names_from_alembic(cfg: Config) -> Names:
     x = _x_args(cfg)
 
     def pick(key: str, env: str) -> str | None:
-        for value in (x.get(key), cfg.get_main_option(f"pg_scheduler.{key}"), os.environ.get(env)):
+        candidates = [x.get(f"pg_scheduler.{key}")]
+        if own_environment:
+            candidates.append(x.get(key))
+        candidates += [cfg.get_main_option(f"pg_scheduler.{key}"), os.environ.get(env)]
+        for value in candidates:
             if value is not None:
                 return value
         return None
