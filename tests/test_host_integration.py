@@ -295,7 +295,8 @@ def test_pattern_b_our_revisions_as_a_branch_of_the_hosts_history(host_b: Host) 
     assert single.returncode != 0
     assert "Multiple head revisions" in single.stdout + single.stderr
 
-    host_b.ok("upgrade", "heads")
+    # The host's own short -x options (here also -x schema=) do not steer our revisions.
+    host_b.ok("-x", "table_prefix=host_option_", "upgrade", "heads")
     assert host_b.tables() == {"customers", "alembic_version"} | our_tables(names)
     assert host_b.host_versions() == {"host_0001", "pgs_0001"}  # one version table for both
 

@@ -215,8 +215,10 @@ def test_hostile_prefix_raises_before_any_connection(
         migrations.current(engine, table_prefix=prefix)
     with pytest.raises(InvalidPrefixError):
         migrations.sql(table_prefix=prefix)
-    with pytest.raises(InvalidPrefixError):  # `alembic -x table_prefix=...`
-        migrations.names_from_alembic(_cli_config(table_prefix=prefix))
+    with pytest.raises(InvalidPrefixError):  # `alembic -c alembic.ini -x table_prefix=...`
+        migrations.names_from_alembic(_cli_config(table_prefix=prefix), own_environment=True)
+    with pytest.raises(InvalidPrefixError):  # a host's `alembic -x pg_scheduler.table_prefix=...`
+        migrations.names_from_alembic(_cli_config(**{"pg_scheduler.table_prefix": prefix}))
     assert attempts == []
 
 
@@ -233,8 +235,37 @@ def test_hostile_schema_raises_before_any_connection(
         migrations.upgrade(engine, table_prefix="app_", schema=schema)
     if schema:  # `-x schema=` (empty) means "no schema" on the command line
         with pytest.raises(InvalidSchemaNameError):
-            migrations.names_from_alembic(_cli_config(schema=schema))
+            migrations.names_from_alembic(_cli_config(schema=schema), own_environment=True)
     assert attempts == []
+
+
+def test_alembic_options_resolve_in_order_and_a_hosts_short_x_keys_stay_the_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PG_SCHEDULER_TABLE_PREFIX", raising=False)
+    monkeypatch.delenv("PG_SCHEDULER_SCHEMA", raising=False)
+    host_options = {"schema": "tenant1", "table_prefix": "zz_"}
+
+    def resolve(own: bool, ini: bool = True, **x: str) -> Names:
+        cfg = _cli_config(**host_options, **x)
+        if ini:
+            cfg.set_main_option("pg_scheduler.table_prefix", "hb_")
+        return migrations.names_from_alembic(cfg, own_environment=own)
+
+    # Our own env.py (`alembic -c alembic.ini -x table_prefix=...` in a checkout).
+    assert resolve(own=True) == Names("zz_", "tenant1")
+    # A host's env.py running our revisions as a branch: its -x options are its own.
+    assert resolve(own=False) == Names("hb_")
+    # The namespaced -x keys win everywhere, then the ini option, then the environment.
+    assert resolve(own=False, **{"pg_scheduler.table_prefix": "xx_"}) == Names("xx_")
+    assert resolve(own=True, **{"pg_scheduler.schema": "jobs"}) == Names("zz_", "jobs")
+    monkeypatch.setenv("PG_SCHEDULER_TABLE_PREFIX", "env_")
+    assert resolve(own=False, ini=False) == Names("env_")
+    assert resolve(own=False) == Names("hb_")
+    # Attributes (the Python API) override everything.
+    cfg = _cli_config(table_prefix="zz_")
+    cfg.attributes["pg_scheduler_names"] = Names("api_")
+    assert migrations.names_from_alembic(cfg, own_environment=True) == Names("api_")
 
 
 @pytest.mark.parametrize("value", [None, 1, b"app_", ["app_"]])
