@@ -1,0 +1,463 @@
+"""``AsyncScheduler``: a pg_scheduler node for asyncio applications, on their ``AsyncEngine``.
+
+Same tables, same state machine, same guarantees as ``Scheduler``. Every state transition is a
+``JobRepository`` method run through ``AsyncSession.run_sync`` (one implementation for both worlds),
+and every decision about a claim, a heartbeat, a maintenance pass or an attempt's outcome is the
+function the threaded scheduler calls too. What differs is only how this node waits and runs code:
+
+- the poller, heartbeat (on a connection of its own), maintenance and listener are asyncio tasks
+  (``aio_services``, ``aio_notify``);
+- ``async def`` jobs run as tasks on the application's event loop; when a job is asked to stop
+  (shutdown, lost lease, ``cancel_job``) its task is cancelled, so it sees ``CancelledError`` as
+  well as ``ctx.cancelled``, and its outcome is written once its code has really stopped;
+- synchronous job code runs on worker threads, so it can never block the loop.
+
+Needs ``pip install 'pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
+and an async driver: asyncpg or psycopg 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import migrations
+from .aio_notify import AsyncListener
+from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
+from .aio_workers import AsyncWorkers
+from .config import SchedulerConfig
+from .errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    PgSchedulerError,
+    SchedulerStateError,
+    SchemaNotInstalledError,
+)
+from .jobs import FunctionJob, Job, JobConfig
+from .models import Models, build_models
+from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .registry import JobRegistry, schedule
+from .repository import CancelResult, JobRepository
+from .scheduler import _first_line, make_node_id, translate_error, unavailable
+from .states import JobStatus, JobType
+from .workers import Inflight, StopReason
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Errors that mean "the database could not be reached" (asyncpg raises plain OSError on connect).
+_OUTAGES = (DatabaseUnavailableError, sa.exc.DBAPIError, OSError)
+
+
+class AsyncScheduler:
+    """A pg_scheduler node for asyncio. ``async with AsyncScheduler(config) as scheduler:``, or
+    ``await start()`` and ``await shutdown()``; call it from the loop it was started on."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        if not isinstance(config, SchedulerConfig):
+            raise TypeError(f"AsyncScheduler needs a SchedulerConfig, got {type(config).__name__}")
+        if not isinstance(config.engine, AsyncEngine):
+            raise PgSchedulerError(
+                "AsyncScheduler needs an AsyncEngine (create_async_engine); for a synchronous "
+                "Engine use Scheduler"
+            )
+        if isinstance(config.session_factory, sessionmaker):
+            raise ConfigError(
+                "session_factory must be an async_sessionmaker for AsyncScheduler, got a "
+                "synchronous sessionmaker"
+            )
+        self.config = config
+        self.engine: AsyncEngine = config.engine
+        self.names = config.names
+        self.models: Models = build_models(self.names)
+        self.log: logging.Logger | logging.LoggerAdapter[Any] = config.logger or logging.getLogger(
+            "pg_scheduler"
+        )
+        self.node_name = config.node_name or socket.gethostname()
+        self.node_id = make_node_id(self.node_name)
+        self.session_factory: Callable[[], AsyncSession] = (
+            config.session_factory or async_sessionmaker(self.engine, expire_on_commit=False)
+        )
+        self.inflight = Inflight()
+        self._registry = JobRegistry()
+        self._unscheduled: list[Job] = []  # decorated before start(); scheduled by start()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._state = "new"  # new -> starting -> running -> stopping -> stopped
+        self._stopped = asyncio.Event()
+        self._schema_ok = False
+        self._last_db_error = float("-inf")
+        self.workers = AsyncWorkers(self)
+        self.poller = AsyncPoller(self)
+        self.heartbeat = AsyncHeartbeat(self)
+        self.maintenance = AsyncMaintenance(self)
+        self.listener = AsyncListener(
+            self.engine, self.names.channel, self._on_notify, log=self.log
+        )
+
+    # ------------------------------------------------------------------ database access
+    async def transaction(
+        self, fn: Callable[[JobRepository], T], *, connection: AsyncConnection | None = None
+    ) -> T:
+        """Run ``fn(repository)`` in a new transaction (committed on success) through
+        ``AsyncSession.run_sync``; on ``connection`` if given, else from the session factory."""
+        session = self.session_factory() if connection is None else AsyncSession(bind=connection)
+        try:
+            async with session, session.begin():
+                return await session.run_sync(
+                    lambda sync_session: fn(self.repository(sync_session))
+                )
+        except sa.exc.DBAPIError as exc:
+            error = translate_error(exc, self.names, self.engine.url)
+            if error is None:
+                raise
+            if isinstance(error, SchemaNotInstalledError):
+                self._schema_ok = False
+            raise error from exc
+        except OSError as exc:
+            raise unavailable(exc, self.engine.url) from exc
+
+    def repository(self, session: Session) -> JobRepository:
+        """A repository on a synchronous ``session`` (inside ``run_sync``; the caller owns its
+        transaction)."""
+        return JobRepository(
+            session,
+            self.models,
+            backoff=self.config.retry_backoff,
+            max_params_bytes=self.config.max_params_bytes,
+        )
+
+    def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:
+        """A background service could not reach the database; it retries by itself."""
+        self._last_db_error = time.monotonic()
+        self.log.warning(
+            "%s failed (%s); retrying in %.1fs",
+            service,
+            _first_line(exc),
+            retry_in,
+            extra={"event": "db.unavailable", "service": service},
+        )
+
+    def seconds_since_database_error(self) -> float:
+        return time.monotonic() - self._last_db_error
+
+    async def _ensure_schema(self) -> None:
+        if self._schema_ok:
+            return
+        try:
+            async with self.engine.connect() as conn:
+                if self.config.create_schema:
+                    await conn.run_sync(lambda c: migrations.upgrade(c, names=self.names))
+                    await conn.commit()
+                else:
+                    await conn.run_sync(lambda c: migrations.check_schema(c, self.names))
+        except (sa.exc.OperationalError, OSError) as exc:
+            raise unavailable(exc, self.engine.url) from exc
+        self._schema_ok = True
+
+    # ------------------------------------------------------------------ registry
+    def register(self, job: Job) -> Job:
+        """Make this node able to run jobs named ``job.name`` (enqueues nothing)."""
+        job = self._registry.add(job)
+        if self._state == "running":
+            self.poller.wake()
+        return job
+
+    def registered_names(self) -> list[str]:
+        return self._registry.names()
+
+    def registered_job(self, name: str) -> Job | None:
+        return self._registry.get(name)
+
+    async def schedule_job(self, job: Job) -> str:
+        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
+        one-time job is enqueued once with its config's params. Returns the job key."""
+        self.register(job)
+        await self._ensure_schema()
+        return await self.transaction(lambda repo: schedule(repo, job.config))
+
+    def recurring(
+        self,
+        name: str,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        retries: int = 0,
+        misfire: Any = "coalesce",
+        misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
+    ) -> Callable[[F], F]:
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. Its row is
+        written by ``start()``, or at once in the background when the scheduler already runs."""
+        config = JobConfig.recurring(
+            name,
+            cron,
+            timezone=timezone,
+            retries=retries,
+            misfire=misfire,
+            misfire_grace=misfire_grace,
+        )
+
+        def decorate(fn: F) -> F:
+            job = self.register(FunctionJob(config, fn))
+            if self._state == "running":
+                self.spawn(self.schedule_job(job), "schedule")
+            else:
+                self._unscheduled.append(job)
+            return fn
+
+        return decorate
+
+    def one_time(self, name: str, *, retries: int = 0) -> Callable[[F], F]:
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as the handler of one-time jobs
+        named ``name``; enqueue runs with ``await scheduler.enqueue(name, params)``."""
+        config = JobConfig.one_time(name, retries=retries)
+
+        def decorate(fn: F) -> F:
+            self.register(FunctionJob(config, fn))
+            return fn
+
+        return decorate
+
+    # ------------------------------------------------------------------ enqueue and inspect
+    async def enqueue(
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        retries: int | None = None,
+        run_at: dt.datetime | None = None,
+        session: AsyncSession | None = None,
+    ) -> str:
+        """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
+
+        With ``session`` (the application's ``AsyncSession``), the insert joins that session's
+        transaction: the job exists if and only if the caller commits. ``retries`` defaults to the
+        registered handler's. Nodes are woken by NOTIFY when the transaction commits.
+        """
+        spec = self._registry.one_time_spec(name, params, retries, run_at)
+        if session is not None:
+            return await session.run_sync(lambda s: self.repository(s).insert_one_time(spec))
+        await self._ensure_schema()
+        return await self.transaction(lambda repo: repo.insert_one_time(spec))
+
+    async def enqueue_many(
+        self,
+        name: str,
+        params_list: Iterable[Any],
+        *,
+        retries: int | None = None,
+        run_at: dt.datetime | None = None,
+        session: AsyncSession | None = None,
+    ) -> list[str]:
+        """Enqueue one run of ``name`` per element of ``params_list`` in one batched INSERT."""
+        specs = [self._registry.one_time_spec(name, p, retries, run_at) for p in params_list]
+        if session is not None:
+            return await session.run_sync(lambda s: self.repository(s).insert_many(specs))
+        await self._ensure_schema()
+        return await self.transaction(lambda repo: repo.insert_many(specs))
+
+    async def get_job(self, key: str) -> JobRecord | None:
+        """The job row with this key, or None."""
+        return await self.transaction(lambda repo: repo.get(key))
+
+    async def list_jobs(
+        self,
+        *,
+        name: str | None = None,
+        status: JobStatus | str | None = None,
+        job_type: JobType | str | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        return await self.transaction(
+            lambda repo: repo.list_jobs(name=name, status=status, job_type=job_type, limit=limit)
+        )
+
+    async def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
+        """The attempts of one job, newest first."""
+        return await self.transaction(lambda repo: repo.list_runs(key, limit=limit))
+
+    async def list_nodes(self, *, live_within: dt.timedelta | None = None) -> list[NodeRecord]:
+        return await self.transaction(lambda repo: repo.list_nodes(live_within=live_within))
+
+    async def cancel_job(self, key: str) -> CancelResult:
+        """Cancel a pending job; for a running one, ask its node to stop it (here: at once, by
+        cancelling its task; on another node: at that node's next heartbeat)."""
+        result = await self.transaction(lambda repo: repo.cancel(key))
+        if result.requested:
+            for running in self.inflight:
+                if running.claimed.key == key:
+                    running.stop(StopReason.CANCEL_REQUESTED)
+        return result
+
+    async def trigger(self, key: str) -> JobRecord:
+        """Run a pending job now (for a recurring job: once, outside its schedule)."""
+        return await self.transaction(lambda repo: repo.trigger(key))
+
+    async def retry_job(self, key: str) -> JobRecord:
+        """Re-queue a failed or cancelled job to run now."""
+        return await self.transaction(lambda repo: repo.retry_now(key))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> AsyncScheduler:
+        """Check (or, with ``create_schema``, install) the schema, register this node, write the
+        rows of decorated recurring jobs, and start claiming. Raises if already started."""
+        if self._state in ("starting", "running"):
+            raise SchedulerStateError("the scheduler is already running")
+        if self._state != "new":
+            raise SchedulerStateError(
+                "this scheduler was shut down; create a new AsyncScheduler to start again"
+            )
+        self._state = "starting"
+        try:
+            await self._ensure_schema()
+            await self.transaction(self.register_node)
+            while self._unscheduled:
+                await self.transaction(partial(schedule, config=self._unscheduled[0].config))
+                self._unscheduled.pop(0)
+        except BaseException:
+            self._state = "new"
+            raise
+        self._state = "running"
+        if self.config.listen:
+            self.listener.start()
+        self.heartbeat.start()
+        self.maintenance.start()
+        self.poller.start(immediately=self.config.run_immediately)
+        self.log.info(
+            "node %s started (%d jobs registered)",
+            self.node_id,
+            len(self._registry),
+            extra={"event": "node.started", "node_id": self.node_id},
+        )
+        return self
+
+    def register_node(self, repo: JobRepository) -> None:
+        repo.register_node(
+            self.node_id, self.node_name, socket.gethostname(), os.getpid(), self.registered_names()
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    async def shutdown(self, timeout: dt.timedelta | None = None) -> None:
+        """Stop claiming, ask running jobs to stop (async jobs' tasks are cancelled), wait up to
+        ``shutdown_timeout`` for them, and hand back the ones still running. Records every outcome
+        that arrives in time. When it returns, no row is ``running`` under this node's leases.
+        Calling it twice is harmless."""
+        if self._state == "stopping":
+            await self._stopped.wait()
+            return
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
+        self.log.info("node %s stopping", self.node_id, extra={"event": "node.stopping"})
+        try:
+            await self.poller.stop()
+            await self.listener.stop()
+            for running in self.inflight:
+                running.stop(StopReason.SHUTDOWN)
+            tasks = set(self.workers.tasks.values())
+            if tasks:
+                await asyncio.wait(tasks, timeout=wait)
+            if len(self.inflight):
+                await self._release_unfinished()
+            await self.heartbeat.stop()
+            await self.maintenance.stop()
+            for task in list(self._background):
+                task.cancel()
+            try:
+                await self.transaction(lambda repo: repo.deregister_node(self.node_id))
+            except (PgSchedulerError, *_OUTAGES) as exc:
+                self.log.warning(
+                    "could not deregister node: %s", exc, extra={"event": "node.deregister_failed"}
+                )
+            self.workers.stop()
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
+        self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
+
+    async def _release_unfinished(self) -> None:
+        leftovers = self.inflight.snapshot()
+        for running in leftovers:
+            # From now on this node no longer owns them: a late outcome must not be written.
+            running.stop(StopReason.LEASE_LOST)
+        leases = [r.lease_id for r in leftovers]
+        result = await self.retry_database(
+            "release", lambda repo: repo.release(self.node_id, leases)
+        )
+        if result is None:
+            self.log.error(
+                "could not hand back %d jobs; their leases will expire and another node will "
+                "rescue them",
+                len(leases),
+                extra={"event": "job.release_failed"},
+            )
+            return
+        self.log.warning(
+            "shutdown timeout: handed back %d running jobs",
+            result.count,
+            extra={"event": "job.released", "keys": list(result.pending + result.failed)},
+        )
+
+    async def __aenter__(self) -> AsyncScheduler:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def spawn(self, coro: Any, what: str = "task") -> None:
+        """Run ``coro`` in the background; a failure is logged."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error(
+                    "background %s failed: %r",
+                    what,
+                    t.exception(),
+                    extra={"event": "scheduler.background_failed"},
+                )
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------ running jobs
+    def _on_notify(self, payload: str) -> None:
+        self.poller.wake()
+
+    def dispatch(self, claimed: ClaimedJob) -> None:
+        """Start a claimed job (called by the poller after the claim commits)."""
+        self.workers.dispatch(claimed)
+
+    async def retry_database(self, what: str, fn: Callable[[JobRepository], T]) -> T | None:
+        """Run ``fn`` in a transaction until it succeeds, retrying database outages for up to
+        ``no_heartbeat_timeout`` (after that the lease has expired anyway); None if it never did."""
+        deadline = time.monotonic() + self.config.no_heartbeat_timeout.total_seconds()
+        delay = 0.05
+        while True:
+            try:
+                return await self.transaction(fn)
+            except _OUTAGES as exc:
+                if time.monotonic() + delay > deadline:
+                    return None
+                self.database_error(what, exc, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+__all__ = ["AsyncScheduler"]
