@@ -35,6 +35,7 @@ class Node:
     proc: subprocess.Popen[str]
     node_id: str = ""
     output: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
 
     def send(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -42,6 +43,10 @@ class Node:
 
     def log(self) -> str:
         return "".join(self.output)
+
+    def count(self, text: str) -> int:
+        """How many output lines contain ``text`` (e.g. an ``[event]`` suffix)."""
+        return sum(text in line for line in list(self.output))
 
     def wait(self, timeout: float = 20) -> int:
         return self.proc.wait(timeout)
@@ -70,18 +75,23 @@ class Cluster:
         name: str,
         *,
         jobs: list[str] | None = None,
-        recurring: dict[str, str] | None = None,
+        recurring: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         wait_ready: bool = True,
+        url: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Node:
+        """Start a node process; ``url`` overrides the cluster's (e.g. a proxy in front of it) and
+        ``extra`` adds keys to its ``PGS_NODE`` spec (``clock``, ``hooks``, ``pool_pre_ping``)."""
         spec = {
-            "url": self.url,
+            "url": url or self.url,
             "prefix": self.names.prefix,
             "node_name": name,
             "jobs": jobs or [],
             "recurring": recurring or {},
             "config": {**FAST, **(config or {})},
             "connect_args": {"application_name": f"pg_scheduler:{name}"},
+            **(extra or {}),
         }
         env = {**os.environ, "PGS_NODE": json.dumps(spec), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -92,7 +102,7 @@ class Cluster:
             text=True,
         )
         node = Node(name, proc)
-        ready = threading.Event()
+        ready = node.ready
 
         def pump() -> None:
             assert proc.stdout is not None
@@ -104,7 +114,7 @@ class Cluster:
 
         threading.Thread(target=pump, daemon=True).start()
         self.nodes.append(node)
-        if wait_ready and not ready.wait(30):
+        if wait_ready and not ready.wait(60):
             raise AssertionError(f"node {name} did not start:\n{node.log()}")
         return node
 

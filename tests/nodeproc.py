@@ -1,10 +1,16 @@
 """A scheduler node as a real process, for multi-process tests: ``python tests/nodeproc.py``.
 
 Configured by one environment variable, ``PGS_NODE`` (JSON): ``url``, ``prefix``, ``node_name``,
-``jobs`` (names from ``CATALOG`` to register), ``recurring`` (``{name: cron}`` to schedule), and
-``config`` overrides (durations in seconds). Jobs record what ran in the ``effects`` table through
-their own connection (``clock_timestamp()``), so a test states its invariants as SQL. The node
-prints ``READY <node_id>`` once started and shuts down gracefully on SIGTERM/SIGINT.
+``jobs`` (names from ``CATALOG`` to register), ``recurring`` (``{name: cron}`` or
+``{name: {"cron": …, "misfire": …, "misfire_grace": seconds}}`` to schedule), and ``config``
+overrides (durations in seconds). Jobs record what ran in the ``effects`` table through their own
+connection (``clock_timestamp()``), so a test states its invariants as SQL. The node prints
+``READY <node_id>`` once started and shuts down gracefully on SIGTERM/SIGINT.
+
+Fault levers for tests/faults: ``clock`` (``{"offset": s, "step_after": s, "step_to": s}``) shifts
+this process's wall clock (``time.time``) by ``offset`` seconds, then to ``step_to`` after
+``step_after`` seconds; ``hooks.before_outcome`` (seconds) pauses each outcome write after the
+job's code returned, printing ``OUTCOME_PENDING <key>`` first; ``pool_pre_ping`` (default true).
 """
 
 from __future__ import annotations
@@ -26,6 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pg_scheduler import Job, JobConfig, JobContext, RetryBackoff, Scheduler, SchedulerConfig
 
+
+def shift_clock(clock: dict[str, float]) -> None:
+    """Move this process's wall clock; the library must not care (it uses the database's)."""
+    real_time, real_time_ns, started = time.time, time.time_ns, time.monotonic()
+
+    def offset() -> float:
+        step_after = clock.get("step_after")
+        if step_after is not None and time.monotonic() - started >= float(step_after):
+            return float(clock.get("step_to", 0))
+        return float(clock.get("offset", 0))
+
+    time.time = lambda: real_time() + offset()
+    time.time_ns = lambda: real_time_ns() + int(offset() * 1e9)
+
+
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
     id bigserial PRIMARY KEY,
@@ -44,10 +65,16 @@ def effects_table(prefix: str) -> str:
 
 
 class Recorder:
-    """Writes effect rows on its own autocommit engine (never the scheduler's session)."""
+    """Writes effect rows on its own autocommit engine (never the scheduler's session).
+
+    A write is retried while the database is unreachable (a restart in a fault test), so that a
+    job's own bookkeeping does not fail the job: what is under test is the scheduler.
+    """
 
     def __init__(self, url: str, prefix: str, node: str) -> None:
-        self.engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=20)
+        self.engine = sa.create_engine(
+            url, isolation_level="AUTOCOMMIT", pool_size=20, pool_pre_ping=True
+        )
         self.table = sa.table(
             effects_table(prefix),
             sa.column("id"),
@@ -60,29 +87,39 @@ class Recorder:
         )
         self.node = node
 
+    def _retry(self, stmt: Any) -> Any:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    result = conn.execute(stmt)
+                    return result.scalar() if result.returns_rows else None
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def start(self, ctx: JobContext) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.insert(self.table)
-                    .values(
-                        job_key=ctx.job_key,
-                        scheduled_at=ctx.scheduled_at,
-                        attempt=ctx.attempt,
-                        node=self.node,
-                        started_at=sa.func.clock_timestamp(),
-                    )
-                    .returning(self.table.c.id)
-                ).scalar_one()
+        return int(
+            self._retry(
+                sa.insert(self.table)
+                .values(
+                    job_key=ctx.job_key,
+                    scheduled_at=ctx.scheduled_at,
+                    attempt=ctx.attempt,
+                    node=self.node,
+                    started_at=sa.func.clock_timestamp(),
+                )
+                .returning(self.table.c.id)
             )
+        )
 
     def finish(self, effect_id: int) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(
-                sa.update(self.table)
-                .where(self.table.c.id == effect_id)
-                .values(finished_at=sa.func.clock_timestamp())
-            )
+        self._retry(
+            sa.update(self.table)
+            .where(self.table.c.id == effect_id)
+            .values(finished_at=sa.func.clock_timestamp())
+        )
 
 
 RECORDER: Recorder
@@ -148,6 +185,7 @@ def build(spec: dict[str, Any]) -> Scheduler:
         "orphaned_job_timeout",
         "failed_and_completed_one_time_job_interval",
         "finished_job_retention",
+        "statement_timeout",
     }
     for key in list(overrides):
         if key in durations:
@@ -159,7 +197,7 @@ def build(spec: dict[str, Any]) -> Scheduler:
     engine = sa.create_engine(
         spec["url"],
         pool_size=10,
-        pool_pre_ping=True,
+        pool_pre_ping=spec.get("pool_pre_ping", True),
         connect_args=spec.get("connect_args", {}),
     )
     config = SchedulerConfig(
@@ -168,8 +206,24 @@ def build(spec: dict[str, Any]) -> Scheduler:
     scheduler = Scheduler(config)
     for name in spec.get("jobs", []):
         scheduler.register(CATALOG[name](JobConfig.one_time(name)))
-    for name, cron in spec.get("recurring", {}).items():
-        scheduler.schedule_job(CATALOG[name](JobConfig.recurring(name, cron)))
+    for name, schedule in spec.get("recurring", {}).items():
+        options = schedule if isinstance(schedule, dict) else {"cron": schedule}
+        grace = dt.timedelta(seconds=float(options.get("misfire_grace", 60)))
+        config = JobConfig.recurring(
+            name, options["cron"], misfire=options.get("misfire", "coalesce"), misfire_grace=grace
+        )
+        scheduler.schedule_job(CATALOG[name](config))
+    pause = spec.get("hooks", {}).get("before_outcome")
+    if pause is not None:
+        finish = scheduler._finish
+
+        def finish_later(running: Any, outcome: Any) -> None:
+            # The job's code has returned (its side effect is done); the outcome is not written yet.
+            print(f"OUTCOME_PENDING {running.claimed.key}", flush=True)
+            time.sleep(float(pause))
+            finish(running, outcome)
+
+        scheduler._finish = finish_later  # type: ignore[method-assign]
     return scheduler
 
 
@@ -185,16 +239,20 @@ class EventFormatter(logging.Formatter):
 def main() -> None:
     global RECORDER  # noqa: PLW0603 - the job classes are looked up by name in CATALOG
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(EventFormatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(EventFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("alembic").setLevel(logging.WARNING)
     spec = json.loads(os.environ["PGS_NODE"])
+    if "clock" in spec:
+        shift_clock(spec["clock"])
     scheduler = build(spec)
-    RECORDER = Recorder(spec["url"], spec["prefix"], scheduler.node_id)
+    # Jobs record their effects directly, not through a proxy a test may black-hole.
+    RECORDER = Recorder(spec.get("effects_url", spec["url"]), spec["prefix"], scheduler.node_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     scheduler.start()
+    print(f"CLOCK {time.time():.3f}", flush=True)  # this process's wall clock, offset included
     print(f"READY {scheduler.node_id}", flush=True)
     stop.wait()
     scheduler.shutdown()
