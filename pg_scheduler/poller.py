@@ -8,7 +8,7 @@ time without fast polling, and an idle node sends almost nothing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,12 +50,15 @@ class Poller:
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
         # Autocommit: the claim is one atomic statement and the next-due look-up only reads, so
-        # BEGIN and COMMIT would be two more round trips on every pass.
+        # BEGIN and COMMIT would be two more round trips on every pass. The claim is committed
+        # when it returns, so its jobs start at once: before the look-up, and even if it fails.
         with s.autocommit() as repo:
-            claimed, wait = claim_due(repo, s.node_id, names, free)
-        for job in claimed:
-            s.dispatch(job)
+            claimed, wait = claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch)
         return PollResult(len(claimed), free, wait)
+
+    def _dispatch(self, claimed: list[ClaimedJob]) -> None:
+        for job in claimed:
+            self.scheduler.dispatch(job)
 
     def start(self, *, immediately: bool) -> None:
         if immediately:
@@ -93,11 +96,19 @@ class Poller:
 
 
 def claim_due(
-    repo: JobRepository, node_id: str, names: Sequence[str], free: int
+    repo: JobRepository,
+    node_id: str,
+    names: Sequence[str],
+    free: int,
+    *,
+    on_claimed: Callable[[list[ClaimedJob]], None] | None = None,
 ) -> tuple[list[ClaimedJob], float | None]:
     """Claim up to ``free`` due jobs; when fewer were due, also learn how many seconds until the
-    next one falls due (None: none known), to sleep exactly that long."""
+    next one falls due (None: none known), to sleep exactly that long. ``on_claimed`` gets the
+    claimed jobs between the two statements."""
     claimed = repo.claim(node_id, names, free)
+    if claimed and on_claimed is not None:
+        on_claimed(claimed)
     wait: float | None = None
     if len(claimed) < free:
         db_now, next_run = repo.next_due(names)
