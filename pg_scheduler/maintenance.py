@@ -43,16 +43,9 @@ class Maintenance:
         s = self.scheduler
         cfg = s.config
         now = time.monotonic()
-        if cleanup is None:
-            cleanup = now - self._last_cleanup >= (
-                cfg.failed_and_completed_one_time_job_interval.total_seconds()
-            )
-        # After this node could not reach the database, every node's heartbeats were probably
-        # failing too: a lease's age then counts time in which its holder could not renew it.
-        # Give every holder a whole lease period of working database before judging anyone
-        # stalled (two heartbeat intervals were not enough: a holder reconnecting on a busy
-        # machine was rescued, and its job re-run, after a plain server restart).
-        skip_rescue = s.seconds_since_database_error() < cfg.no_heartbeat_timeout.total_seconds()
+        cleanup, skip_rescue = plan(
+            cfg, now - self._last_cleanup, s.seconds_since_database_error(), cleanup
+        )
         rescued = failed = cleaned = orphans = 0
         if not skip_rescue:
             with s.transaction() as repo:
@@ -91,6 +84,25 @@ def pass_interval(cfg: SchedulerConfig) -> tuple[float, float]:
     """Seconds between passes, and before the first one (soon after start)."""
     interval = min(cfg.heartbeat_interval, cfg.job_check_interval).total_seconds()
     return interval, min(FIRST_PASS_DELAY_SECONDS, interval)
+
+
+def plan(
+    cfg: SchedulerConfig,
+    since_cleanup: float,
+    since_database_error: float,
+    cleanup: bool | None = None,
+) -> tuple[bool, bool]:
+    """What one pass does: (run cleanup and the orphan sweep, hold back the stall rescue).
+    Cleanup runs when its interval has passed, unless ``cleanup`` says otherwise."""
+    if cleanup is None:
+        cleanup = since_cleanup >= cfg.failed_and_completed_one_time_job_interval.total_seconds()
+    # After this node could not reach the database, every node's heartbeats were probably
+    # failing too: a lease's age then counts time in which its holder could not renew it.
+    # Give every holder a whole lease period of working database before judging anyone
+    # stalled (two heartbeat intervals were not enough: a holder reconnecting on a busy
+    # machine was rescued, and its job re-run, after a plain server restart).
+    skip_rescue = since_database_error < cfg.no_heartbeat_timeout.total_seconds()
+    return cleanup, skip_rescue
 
 
 def rescue(

@@ -39,7 +39,13 @@ from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
-from .repository import CancelResult, FinishResult, JobRepository, Outcome
+from .repository import (
+    CancelResult,
+    FinishResult,
+    JobRepository,
+    Outcome,
+    shares_one_statement,
+)
 from .states import JobStatus, JobType
 from .timeouts import Deadlines, set_local_statement_timeout
 from .workers import (
@@ -96,9 +102,7 @@ class Scheduler:
         self._state = "new"  # new -> running -> stopped
         self._state_lock = threading.Lock()
         self._schema_ok = False
-        self._last_db_error = float("-inf")
-        self._db_error_reports: dict[str, tuple[float, int]] = {}
-        self._db_error_lock = threading.Lock()
+        self.db_errors = DatabaseErrors(self.log)
         self._pool: WorkerPool | None = None
         self._loop: EventLoopThread | None = None
         self.deadlines = Deadlines(config.statement_timeout)
@@ -166,30 +170,11 @@ class Scheduler:
         conn.execute(sa.select(sa.func.set_config("application_name", label, False)))
 
     def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:
-        """A background service could not reach the database; it retries by itself.
-
-        The first failure of each service is logged at once, then at most one line per
-        ``DB_ERROR_LOG_SECONDS`` with the count of failures in between: a database that stays
-        down or read-only for hours must not flood the log from every retry of every service."""
-        now = time.monotonic()
-        self._last_db_error = now
-        with self._db_error_lock:
-            last, suppressed = self._db_error_reports.get(service, (float("-inf"), 0))
-            if now - last < DB_ERROR_LOG_SECONDS:
-                self._db_error_reports[service] = (last, suppressed + 1)
-                return
-            self._db_error_reports[service] = (now, 0)
-        self.log.warning(
-            "%s failed (%s); retrying in %.1fs%s",
-            service,
-            _first_line(exc),
-            retry_in,
-            f" ({suppressed} more failures since the last report)" if suppressed else "",
-            extra={"event": "db.unavailable", "service": service, "suppressed": suppressed},
-        )
+        """A background service could not reach the database; it retries by itself."""
+        self.db_errors.report(service, exc, retry_in=retry_in)
 
     def seconds_since_database_error(self) -> float:
-        return time.monotonic() - self._last_db_error
+        return self.db_errors.seconds_since_last()
 
     def _ensure_schema(self) -> None:
         if self._schema_ok:
@@ -532,35 +517,29 @@ class Scheduler:
     def _write_outcomes(
         self, items: Sequence[tuple[ClaimedJob, Outcome]]
     ) -> Sequence[FinishResult]:
+        if all(shares_one_statement(*item) for item in items):
+            # One atomic statement (two when a lease was lost): in autocommit, without the BEGIN,
+            # set_config and COMMIT round trips of a transaction.
+            with self.autocommit() as repo:
+                return repo.finish_many(items)
         with self.transaction() as repo:
             return repo.finish_many(items)
 
     def _retry_database(
         self, what: str, fn: Callable[[], None], *, holder: RunningJob | None = None
     ) -> bool:
-        """Run ``fn`` until it succeeds, retrying database outages for up to
-        ``no_heartbeat_timeout`` (after that the lease has expired anyway).
-
-        With ``holder`` (an outcome write), an outage is retried for as long as this node holds
-        the job's lease, however long the database is away: the job stays in flight meanwhile, so
-        the heartbeat renews its lease as soon as the database answers and no node rescues a job
-        whose outcome is on its way. The retries end when the heartbeat reports the lease lost or
-        shutdown hands the job back."""
-        deadline = time.monotonic() + self.config.no_heartbeat_timeout.total_seconds()
-        delay = 0.05
+        """Run ``fn`` until it succeeds or ``OutageRetry`` gives up (see there)."""
+        retry = OutageRetry(self.config.no_heartbeat_timeout, holder)
         while True:
             try:
                 fn()
                 return True
             except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
-                if holder is not None and lease_lost(holder):
-                    return False
-                keep_trying = holder is not None and is_outage(exc)
-                if not keep_trying and time.monotonic() + delay > deadline:
+                delay = retry.next_delay(exc)
+                if delay is None:
                     return False
                 self.database_error(what, exc, retry_in=delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def run_pending(self, timeout: float = 10.0) -> int:
         """Claim and run every job due now on the calling thread's behalf, then wait for them:
@@ -594,6 +573,67 @@ def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSche
 # timeout): worth retrying for as long as the lease holds. Anything else is a bug or bad data.
 _OUTAGE_CLASSES = ("08", "53", "57")
 _OUTAGE_CODES = ("25006", "40001", "40P01", "55P03")
+
+
+class DatabaseErrors:
+    """A node's database failures: when the last one happened (maintenance holds back rescues
+    after one), and their log lines. The first failure of each service is logged at once, then
+    at most one line per ``DB_ERROR_LOG_SECONDS`` with the count of failures in between: a
+    database that stays down or read-only for hours must not flood the log from every retry of
+    every service."""
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.log = log
+        self._last = float("-inf")
+        self._reports: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def report(self, service: str, exc: BaseException, *, retry_in: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._last = now
+            last, suppressed = self._reports.get(service, (float("-inf"), 0))
+            if now - last < DB_ERROR_LOG_SECONDS:
+                self._reports[service] = (last, suppressed + 1)
+                return
+            self._reports[service] = (now, 0)
+        self.log.warning(
+            "%s failed (%s); retrying in %.1fs%s",
+            service,
+            _first_line(exc),
+            retry_in,
+            f" ({suppressed} more failures since the last report)" if suppressed else "",
+            extra={"event": "db.unavailable", "service": service, "suppressed": suppressed},
+        )
+
+    def seconds_since_last(self) -> float:
+        return time.monotonic() - self._last
+
+
+class OutageRetry:
+    """When a write that failed on the database is tried again, and when it is given up.
+
+    A plain write is retried for up to ``budget`` (``no_heartbeat_timeout``: after that the lease
+    has expired anyway). With ``holder`` (an outcome write), an outage is retried for as long as
+    this node holds the job's lease, however long the database is away: the job stays in flight
+    meanwhile, so the heartbeat renews its lease as soon as the database answers and no node
+    rescues a job whose outcome is on its way. The retries end when the heartbeat reports the
+    lease lost or shutdown hands the job back."""
+
+    def __init__(self, budget: dt.timedelta, holder: RunningJob | None = None) -> None:
+        self.deadline = time.monotonic() + budget.total_seconds()
+        self.holder = holder
+        self.delay = 0.05
+
+    def next_delay(self, exc: BaseException) -> float | None:
+        """Seconds to wait before the next try, or None: give up."""
+        if self.holder is not None and lease_lost(self.holder):
+            return None
+        keep_trying = self.holder is not None and is_outage(exc)
+        if not keep_trying and time.monotonic() + self.delay > self.deadline:
+            return None
+        delay, self.delay = self.delay, min(self.delay * 2, 2.0)
+        return delay
 
 
 def lease_lost(running: RunningJob) -> bool:
