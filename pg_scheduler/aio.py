@@ -23,7 +23,6 @@ import datetime as dt
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
@@ -49,15 +48,22 @@ from .models import Models, build_models
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
 from .repository import CancelResult, JobRepository
-from .scheduler import _first_line, make_node_id, translate_error, unavailable
+from .scheduler import (
+    DatabaseErrors,
+    OutageRetry,
+    make_node_id,
+    translate_error,
+    unavailable,
+)
 from .states import JobStatus, JobType
-from .workers import Inflight, StopReason
+from .timeouts import CLIENT_GRACE_SECONDS, set_local_statement_timeout
+from .workers import Inflight, RunningJob, StopReason
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Errors that mean "the database could not be reached" (asyncpg raises plain OSError on connect).
-_OUTAGES = (DatabaseUnavailableError, sa.exc.DBAPIError, OSError)
+#: Errors of a database write that may be retried (asyncpg raises plain OSError on connect).
+_RETRYABLE = (DatabaseUnavailableError, sa.exc.DBAPIError, OSError)
 
 
 class AsyncScheduler:
@@ -96,7 +102,12 @@ class AsyncScheduler:
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
         self._schema_ok = False
-        self._last_db_error = float("-inf")
+        self.db_errors = DatabaseErrors(self.log)
+        self._deadline = (
+            None
+            if config.statement_timeout is None
+            else config.statement_timeout.total_seconds() + CLIENT_GRACE_SECONDS
+        )
         self.workers = AsyncWorkers(self)
         self.poller = AsyncPoller(self)
         self.heartbeat = AsyncHeartbeat(self)
@@ -110,13 +121,33 @@ class AsyncScheduler:
         self, fn: Callable[[JobRepository], T], *, connection: AsyncConnection | None = None
     ) -> T:
         """Run ``fn(repository)`` in a new transaction (committed on success) through
-        ``AsyncSession.run_sync``; on ``connection`` if given, else from the session factory."""
+        ``AsyncSession.run_sync``; on ``connection`` if given, else from the session factory.
+
+        Bounded like the threaded scheduler's: ``statement_timeout`` on the server, for this
+        transaction only, and a client-side deadline a second later (a black-holed network never
+        answers); the task is then cancelled and SQLAlchemy discards the connection."""
         session = self.session_factory() if connection is None else AsyncSession(bind=connection)
-        try:
+
+        def work(sync_session: Session) -> T:
+            set_local_statement_timeout(sync_session, self.config.statement_timeout)
+            return fn(self.repository(sync_session))
+
+        async def run() -> T:
             async with session, session.begin():
-                return await session.run_sync(
-                    lambda sync_session: fn(self.repository(sync_session))
-                )
+                return await session.run_sync(work)
+
+        try:
+            return await asyncio.wait_for(run(), self._deadline)
+        except asyncio.TimeoutError as exc:
+            self.log.warning(
+                "a transaction took longer than %.1fs; it was abandoned",
+                self._deadline,
+                extra={"event": "db.timeout", "what": "a transaction"},
+            )
+            raise DatabaseUnavailableError(
+                f"database unavailable ({_url(self.engine)}): no answer within "
+                f"{self._deadline:.1f}s"
+            ) from exc
         except sa.exc.DBAPIError as exc:
             error = translate_error(exc, self.names, self.engine.url)
             if error is None:
@@ -139,17 +170,10 @@ class AsyncScheduler:
 
     def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:
         """A background service could not reach the database; it retries by itself."""
-        self._last_db_error = time.monotonic()
-        self.log.warning(
-            "%s failed (%s); retrying in %.1fs",
-            service,
-            _first_line(exc),
-            retry_in,
-            extra={"event": "db.unavailable", "service": service},
-        )
+        self.db_errors.report(service, exc, retry_in=retry_in)
 
     def seconds_since_database_error(self) -> float:
-        return time.monotonic() - self._last_db_error
+        return self.db_errors.seconds_since_last()
 
     async def _ensure_schema(self) -> None:
         if self._schema_ok:
@@ -380,7 +404,7 @@ class AsyncScheduler:
                 task.cancel()
             try:
                 await self.transaction(lambda repo: repo.deregister_node(self.node_id))
-            except (PgSchedulerError, *_OUTAGES) as exc:
+            except (PgSchedulerError, *_RETRYABLE) as exc:
                 self.log.warning(
                     "could not deregister node: %s", exc, extra={"event": "node.deregister_failed"}
                 )
@@ -444,20 +468,25 @@ class AsyncScheduler:
         """Start a claimed job (called by the poller after the claim commits)."""
         self.workers.dispatch(claimed)
 
-    async def retry_database(self, what: str, fn: Callable[[JobRepository], T]) -> T | None:
-        """Run ``fn`` in a transaction until it succeeds, retrying database outages for up to
-        ``no_heartbeat_timeout`` (after that the lease has expired anyway); None if it never did."""
-        deadline = time.monotonic() + self.config.no_heartbeat_timeout.total_seconds()
-        delay = 0.05
+    async def retry_database(
+        self, what: str, fn: Callable[[JobRepository], T], *, holder: RunningJob | None = None
+    ) -> T | None:
+        """Run ``fn`` in a transaction until it succeeds, or None once ``OutageRetry`` gives up
+        (an outcome write, with ``holder``, is retried for as long as the lease holds)."""
+        retry = OutageRetry(self.config.no_heartbeat_timeout, holder)
         while True:
             try:
                 return await self.transaction(fn)
-            except _OUTAGES as exc:
-                if time.monotonic() + delay > deadline:
+            except _RETRYABLE as exc:
+                delay = retry.next_delay(exc)
+                if delay is None:
                     return None
                 self.database_error(what, exc, retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+
+
+def _url(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 __all__ = ["AsyncScheduler"]

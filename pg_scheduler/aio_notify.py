@@ -120,6 +120,8 @@ class AsyncListener:
                 backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
 
     async def _listen_asyncpg(self, conn: Any) -> None:
+        if conn.is_in_transaction():  # LISTEN in a transaction waits for a COMMIT that never comes
+            await conn.execute("ROLLBACK")
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(
@@ -134,6 +136,9 @@ class AsyncListener:
         raise ListenerLost("the LISTEN connection was closed")
 
     async def _listen_psycopg(self, conn: Any) -> None:
+        # A pooled connection may be in a transaction (pool_pre_ping's SELECT 1 opens one), and
+        # psycopg refuses to switch to autocommit there.
+        await conn.rollback()
         await conn.set_autocommit(True)
         await conn.execute(listen_sql(self.engine.dialect, self.channel))
         self._listening(conn.info.backend_pid)

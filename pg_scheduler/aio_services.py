@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .heartbeat import HeartbeatResult, renew, settle
-from .maintenance import MaintenanceResult, clean, pass_interval, rescue
+from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue
 from .poller import PollResult, claim_due, failure_delay, sleep_after
 
 if TYPE_CHECKING:
@@ -201,13 +201,9 @@ class AsyncMaintenance(_Service):
         s = self.scheduler
         cfg = s.config
         now = time.monotonic()
-        if cleanup is None:
-            cleanup = now - self._last_cleanup >= (
-                cfg.failed_and_completed_one_time_job_interval.total_seconds()
-            )
-        # After this node could not reach the database, every node's heartbeats were probably
-        # failing too; give them a beat to resume before judging anyone stalled.
-        skip_rescue = s.seconds_since_database_error() < 2 * cfg.heartbeat_interval.total_seconds()
+        cleanup, skip_rescue = plan(
+            cfg, now - self._last_cleanup, s.seconds_since_database_error(), cleanup
+        )
         rescued = failed = cleaned = orphans = 0
         if not skip_rescue:
             rescued, failed = await s.transaction(lambda repo: rescue(repo, cfg, s.log))

@@ -21,6 +21,7 @@ from .aio_services import running_loop
 from .jobs import Job, JobContext, is_async_callable
 from .records import ClaimedJob
 from .repository import Outcome
+from .scheduler import lease_lost
 from .workers import (
     RunningJob,
     StopReason,
@@ -176,6 +177,9 @@ class AsyncWorkers:
             )
             return
         result = await s.retry_database(
-            "record outcome", lambda repo: repo.finish(claimed, outcome)
+            "record outcome", lambda repo: repo.finish(claimed, outcome), holder=running
         )
+        if result is None and lease_lost(running):  # the heartbeat said so while we retried
+            report_dropped(s.log, claimed.key)
+            return
         report_outcome(s.log, claimed, outcome, result)
