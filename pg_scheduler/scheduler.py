@@ -39,13 +39,7 @@ from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
-from .repository import (
-    CancelResult,
-    FinishResult,
-    JobRepository,
-    Outcome,
-    shares_one_statement,
-)
+from .repository import CancelResult, FinishResult, JobRepository, Outcome
 from .states import JobStatus, JobType
 from .timeouts import Deadlines, set_local_statement_timeout
 from .workers import (
@@ -517,11 +511,6 @@ class Scheduler:
     def _write_outcomes(
         self, items: Sequence[tuple[ClaimedJob, Outcome]]
     ) -> Sequence[FinishResult]:
-        if all(shares_one_statement(*item) for item in items):
-            # One atomic statement (two when a lease was lost): in autocommit, without the BEGIN,
-            # set_config and COMMIT round trips of a transaction.
-            with self.autocommit() as repo:
-                return repo.finish_many(items)
         with self.transaction() as repo:
             return repo.finish_many(items)
 
