@@ -107,6 +107,12 @@ def schedule_disabled(exc: Exception) -> str:
     return f"schedule disabled: {exc} (fix the job's cron or time zone, then retry it)"
 
 
+def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
+    """Whether ``finish_many`` writes this outcome in its one shared statement (a completed
+    one-time run) rather than through ``finish``."""
+    return outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
+
+
 @dataclass(frozen=True)
 class FinishResult:
     """What an outcome write did. ``applied`` is False when the lease was no longer ours."""
@@ -578,11 +584,7 @@ class JobRepository:
         still fenced by its own lease: a lost lease matches nothing and reads as not applied.
         """
         results: list[FinishResult | None] = [None] * len(items)
-        simple = [
-            i
-            for i, (claimed, outcome) in enumerate(items)
-            if outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
-        ]
+        simple = [i for i, item in enumerate(items) if shares_one_statement(*item)]
         if simple:
             done = self._complete_one_time([items[i] for i in simple])
             for i, result in zip(simple, done, strict=True):

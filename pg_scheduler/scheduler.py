@@ -39,7 +39,13 @@ from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
-from .repository import CancelResult, FinishResult, JobRepository, Outcome
+from .repository import (
+    CancelResult,
+    FinishResult,
+    JobRepository,
+    Outcome,
+    shares_one_statement,
+)
 from .states import JobStatus, JobType
 from .timeouts import Deadlines, set_local_statement_timeout
 from .workers import (
@@ -511,6 +517,11 @@ class Scheduler:
     def _write_outcomes(
         self, items: Sequence[tuple[ClaimedJob, Outcome]]
     ) -> Sequence[FinishResult]:
+        if all(shares_one_statement(*item) for item in items):
+            # One atomic statement (two when a lease was lost): in autocommit, without the BEGIN,
+            # set_config and COMMIT round trips of a transaction.
+            with self.autocommit() as repo:
+                return repo.finish_many(items)
         with self.transaction() as repo:
             return repo.finish_many(items)
 
