@@ -591,7 +591,8 @@ class DatabaseErrors:
     def report(self, service: str, exc: BaseException, *, retry_in: float) -> None:
         now = time.monotonic()
         with self._lock:
-            self._last = now
+            if holds_back_rescues(exc):
+                self._last = now
             last, suppressed = self._reports.get(service, (float("-inf"), 0))
             if now - last < DB_ERROR_LOG_SECONDS:
                 self._reports[service] = (last, suppressed + 1)
@@ -638,6 +639,22 @@ class OutageRetry:
 
 def lease_lost(running: RunningJob) -> bool:
     return running.stop_reason is StopReason.LEASE_LOST
+
+
+# A lost race (serialization failure, deadlock, lock timeout) is retried like an outage, but it
+# is no sign that heartbeats were failing.
+_LOST_RACE_CODES = ("40001", "40P01", "55P03")
+
+
+def holds_back_rescues(exc: BaseException) -> bool:
+    """True when ``exc`` means this node could not reach (or write to) the database, so the other
+    nodes' heartbeats were probably failing too. Lost races and bugs do not count: a node seeing a
+    deadlock every second must not hold back rescues forever (seen in the soak: recoveries of
+    13-26 s while heartbeats and group outcome writes deadlocked)."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+    if isinstance(cause, sa.exc.DBAPIError) and _sqlstate(cause) in _LOST_RACE_CODES:
+        return False
+    return is_outage(exc)
 
 
 def is_outage(exc: BaseException) -> bool:
