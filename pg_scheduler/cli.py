@@ -236,7 +236,14 @@ def known_revision(revision: str) -> bool:
 # ---------------------------------------------------------------------------------------- main
 def missing_requirements() -> list[str]:
     """The ``cli`` extra's packages that are not importable."""
-    return [name for name in CLI_REQUIREMENTS if find_spec(name) is None]
+
+    def importable(name: str) -> bool:
+        try:
+            return find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
+            return False
+
+    return [name for name in CLI_REQUIREMENTS if not importable(name)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -186,7 +186,7 @@ def nodes_table(
             node.node_id,
             status_text(node_state(node, now, within)),
             str(node.pid),
-            ", ".join(node.job_names),
+            ", ".join(sorted(node.job_names)),
             when(node.started_at, date=date),
             when(node.last_seen_at, date=date),
         )

