@@ -465,22 +465,22 @@ def nodes(db: Database, show_all: bool, within: float, as_json: bool) -> None:
     show_default=True,
 )
 def worker(app: str, url: str | None, data_dir: Path, log_level: str) -> None:
-    """Run the Scheduler that MODULE:ATTRIBUTE defines, until SIGTERM or Ctrl-C.
+    """Run the scheduler that MODULE:ATTRIBUTE defines, until SIGTERM or Ctrl-C.
 
     \b
     ATTRIBUTE (dots allowed) is one of:
-      - a Scheduler: the app built it with its own engine;
-      - a function without parameters returning a Scheduler;
-      - a function taking the database URL and returning a Scheduler: it gets --url, else
-        PG_SCHEDULER_DATABASE_URL, else (with a warning) the URL of an embedded PostgreSQL
-        started in --data-dir, whose tables are installed for you: for development only.
+      - a Scheduler or an AsyncScheduler, built with the app's own engine;
+      - a function (or async def) without parameters returning one;
+      - a function (or async def) taking the database URL and returning one: it gets --url,
+        else PG_SCHEDULER_DATABASE_URL, else (with a warning) the URL of an embedded
+        PostgreSQL started in --data-dir, whose tables are installed for you: for development.
 
     --url is also exported as PG_SCHEDULER_DATABASE_URL before MODULE is imported, so an app
     that reads that variable uses it; a --url naming another database than the engine of a
-    ready-made Scheduler is refused.
+    ready-made scheduler is refused.
 
     SIGTERM or SIGINT stops claiming, gives running jobs the scheduler's shutdown_timeout to
-    finish, hands back the others to the cluster, and exits 0. A second signal stops at once.
+    finish, hands the others back to the cluster, and exits 0. A second signal stops at once.
     """
     configure_logging(log_level)
     explicit = click.get_current_context().get_parameter_source("url") is (

@@ -15,6 +15,7 @@ A worker runs until SIGTERM or SIGINT, then shuts the scheduler down gracefully 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -120,6 +121,18 @@ def takes_url(factory: Callable[..., Any]) -> bool:
     return len(required) == 1
 
 
+def is_async_scheduler(obj: object) -> bool:
+    try:
+        from .aio import AsyncScheduler
+    except ImportError:  # the asyncio extra is not installed: it cannot be one
+        return False
+    return isinstance(obj, AsyncScheduler)
+
+
+def is_scheduler(obj: object) -> bool:
+    return isinstance(obj, Scheduler) or is_async_scheduler(obj)
+
+
 @dataclass(frozen=True)
 class App:
     """What ``MODULE:ATTRIBUTE`` names: a ready scheduler, or a factory (maybe of the URL)."""
@@ -131,7 +144,7 @@ class App:
     def load(cls, spec: str) -> App:
         parsed = AppSpec.parse(spec)
         target = find_attribute(parsed)
-        if not isinstance(target, Scheduler) and not callable(target):
+        if not is_scheduler(target) and not callable(target):
             raise AppNotFoundError(
                 f"{parsed} is a {type(target).__name__}, not a pg_scheduler Scheduler or a "
                 "function returning one"
@@ -140,11 +153,12 @@ class App:
 
     @property
     def needs_url(self) -> bool:
-        return not isinstance(self.target, Scheduler) and takes_url(self.target)
+        return not is_scheduler(self.target) and takes_url(self.target)
 
-    def scheduler(self, url: str | None) -> Scheduler:
-        """The app's Scheduler; a factory is called now (with ``url`` if it takes one)."""
-        if isinstance(self.target, Scheduler):
+    def make(self, url: str | None) -> Any:
+        """The app's scheduler (``Scheduler`` or ``AsyncScheduler``); a factory is called now,
+        with ``url`` if it takes one. An ``async def`` factory's coroutine is returned as is."""
+        if is_scheduler(self.target):
             return self.target
         try:
             made = self.target(url) if self.needs_url else self.target()
@@ -152,7 +166,12 @@ class App:
             raise
         except Exception as exc:
             raise AppLoadError(f"{self.spec}() raised {type(exc).__name__}: {exc}") from exc
-        if not isinstance(made, Scheduler):
+        if not inspect.isawaitable(made):
+            self.check(made)
+        return made
+
+    def check(self, made: object) -> Any:
+        if not is_scheduler(made):
             raise AppNotFoundError(
                 f"{self.spec}() returned a {type(made).__name__}, not a pg_scheduler Scheduler"
             )
@@ -204,6 +223,105 @@ def same_database(a: sa.URL, b: sa.URL) -> bool:
     return where(a) == where(b)
 
 
+@dataclass
+class Run:
+    """One worker run: the app, where its database is, and the signal that ends it."""
+
+    app: App
+    url: sa.URL | None
+    url_is_explicit: bool
+    stop: threading.Event
+    server: embedded.EmbeddedPostgres | None = None
+
+    def make(self) -> Any:
+        """The app's scheduler (or the coroutine of an ``async def`` factory)."""
+        if self.server is None:
+            return self.app.make(
+                self.url.render_as_string(hide_password=False) if self.url else None
+            )
+        try:
+            return self.app.make(self.server.url)
+        except SchemaNotInstalledError as exc:
+            # The factory scheduled jobs before the worker could install the tables: install the
+            # ones the error names (when it does) and call the factory again.
+            names = getattr(exc, "names", None)
+            if not isinstance(names, Names):
+                raise CliError(
+                    f"{first_line(exc)} (the embedded database is new: while developing, pass "
+                    "create_schema=True in the app's SchedulerConfig)"
+                ) from exc
+            self.install(names)
+            return self.app.make(self.server.url)
+
+    def install(self, names: Names) -> None:
+        assert self.server is not None
+        engine = sa.create_engine(self.server.url, poolclass=sa.pool.NullPool)
+        try:
+            migrations.upgrade(engine, names=names)
+        finally:
+            engine.dispose()
+
+    def prepare(self, scheduler: Any) -> Database:
+        """Check the app's scheduler against the command line; where it works, for messages."""
+        self.app.check(scheduler)
+        engine_url: sa.URL = scheduler.engine.url
+        if (
+            self.url is not None
+            and self.url_is_explicit
+            and not same_database(self.url, engine_url)
+        ):
+            raise UsageProblem(
+                f"{self.app.spec} brings its own engine on "
+                f"{engine_url.render_as_string(hide_password=True)}, another database than "
+                f"--url: drop --url, or make {self.app.spec} a function that takes the URL"
+            )
+        if self.server is not None:
+            self.install(scheduler.names)
+        return Database(engine_url, scheduler.names)
+
+    def started(self, scheduler: Any, target: Database) -> None:
+        log.info(
+            "worker %s: node %s on %s runs %s; SIGTERM or Ctrl-C stops it",
+            self.app.spec,
+            scheduler.node_id,
+            target.shown,
+            ", ".join(sorted(scheduler.registered_names())) or "no jobs",
+        )
+
+    def run_sync(self, scheduler: Scheduler) -> None:
+        target = self.prepare(scheduler)
+        if self.stop.is_set():  # a signal arrived while the app was loading
+            return
+        with not_installed(target):
+            run_until_stopped(scheduler, self.stop, lambda: self.started(scheduler, target))
+
+    async def run_async(self, made: Any) -> None:
+        scheduler = await made if inspect.isawaitable(made) else made
+        target = self.prepare(scheduler)
+        if self.stop.is_set():
+            return
+        with not_installed(target):
+            if not scheduler.running:
+                await scheduler.start()
+            self.started(scheduler, target)
+            try:
+                while not self.stop.is_set():
+                    await asyncio.sleep(0.2)
+            finally:
+                await scheduler.shutdown()
+
+
+@contextmanager
+def not_installed(target: Database) -> Iterator[None]:
+    try:
+        yield
+    except SchemaNotInstalledError:
+        raise CliError(
+            f"pg_scheduler tables ({target.where}) are not installed in {target.shown}: "
+            f"{target.upgrade_hint()}"
+        ) from None
+
+
 def serve(
     spec: str,
     url: sa.URL | None,
@@ -212,82 +330,34 @@ def serve(
     data_dir: Path,
     stop: threading.Event,
 ) -> None:
-    """Load the app's Scheduler, run it until ``stop`` is set, and shut it down.
+    """Load the app's scheduler, run it until ``stop`` is set, and shut it down.
 
     ``url`` comes from ``--url`` (``url_is_explicit``) or the environment. An explicit URL is
     exported as ``PG_SCHEDULER_DATABASE_URL`` before the app's module is imported, so an app
-    that reads it at import time uses it too.
+    that reads it at import time uses it too. An ``AsyncScheduler`` (or an ``async def``
+    factory) runs on an event loop of its own.
     """
     if url is not None and url_is_explicit:
         os.environ[URL_ENV] = url.render_as_string(hide_password=False)
-    app = App.load(spec)
-    server: embedded.EmbeddedPostgres | None = None
+    run = Run(App.load(spec), url, url_is_explicit, stop)
     try:
-        if app.needs_url and url is None:
+        if run.app.needs_url and url is None:
             log.warning(
                 "no database URL (--url or %s): starting the embedded PostgreSQL in %s, for "
                 "development only; its tables are installed automatically",
                 URL_ENV,
                 data_dir,
             )
-            server = start_embedded(data_dir)
-            url = sa.make_url(server.url)
-        if server is not None:
-            scheduler = _with_schema_installed(app, server)
+            run.server = start_embedded(data_dir)
+        made = run.make()
+        if inspect.isawaitable(made) or is_async_scheduler(made):
+            asyncio.run(run.run_async(made))
         else:
-            scheduler = app.scheduler(url.render_as_string(hide_password=False) if url else None)
-        engine_url = scheduler.engine.url
-        if url is not None and url_is_explicit and not same_database(url, engine_url):
-            raise UsageProblem(
-                f"{spec} brings its own engine on {engine_url.render_as_string(hide_password=True)}"
-                f", another database than --url: drop --url, or make {spec} a function that "
-                "takes the URL"
-            )
-        target = Database(engine_url, scheduler.names)
-
-        def started() -> None:
-            log.info(
-                "worker %s: node %s on %s runs %s; SIGTERM or Ctrl-C stops it",
-                spec,
-                scheduler.node_id,
-                target.shown,
-                ", ".join(sorted(scheduler.registered_names())) or "no jobs",
-            )
-
-        if stop.is_set():  # a signal arrived while the app was loading
-            return
-        try:
-            run_until_stopped(scheduler, stop, started)
-        except SchemaNotInstalledError:
-            raise CliError(
-                f"pg_scheduler tables ({target.where}) are not installed in {target.shown}: "
-                f"{target.upgrade_hint()}"
-            ) from None
+            run.run_sync(made)
         log.info("worker %s stopped", spec)
     finally:
-        if server is not None:
-            server.stop()
-
-
-def _with_schema_installed(app: App, server: embedded.EmbeddedPostgres) -> Scheduler:
-    """Call the app's factory on the embedded server, installing the tables it needs.
-
-    A factory that schedules jobs touches the tables before the worker can install them; when
-    the error says which installation it wanted, install it and call the factory again.
-    """
-    try:
-        scheduler = app.scheduler(server.url)
-    except SchemaNotInstalledError as exc:
-        names = getattr(exc, "names", None)
-        if not isinstance(names, Names):
-            raise CliError(
-                f"{first_line(exc)} (the embedded database is new: while developing, pass "
-                "create_schema=True in the app's SchedulerConfig)"
-            ) from exc
-        migrations.upgrade(sa.create_engine(server.url, poolclass=sa.pool.NullPool), names=names)
-        scheduler = app.scheduler(server.url)
-    migrations.upgrade(scheduler.engine, names=scheduler.names)
-    return scheduler
+        if run.server is not None:
+            run.server.stop()
 
 
 def start_embedded(data_dir: Path) -> embedded.EmbeddedPostgres:

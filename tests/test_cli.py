@@ -29,7 +29,7 @@ from pg_scheduler.commands import cli
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import RunStatus
-from pg_scheduler.testing import unique_prefix, wait_until
+from pg_scheduler.testing import TestServer, unique_prefix, wait_until
 from tests.factories import ago, count_jobs, make_job, make_node, make_run, runs_of
 
 Invoke = Callable[..., Result]
@@ -143,6 +143,34 @@ def test_db_downgrade_asks_for_yes_then_drops_the_tables(
     assert done.exit_code == 0, done.output
     assert "to not installed" in done.stdout
     assert migrations.current(engine, table_prefix=prefix) is None
+
+
+def test_db_upgrade_refused_permission(
+    invoke: Invoke, pg_scheduler_url: str, engine: sa.Engine
+) -> None:
+    with engine.connect() as conn:
+        if int(conn.exec_driver_sql("SHOW server_version_num").scalar_one()) < 150000:
+            pytest.skip("before PostgreSQL 15, every role may create tables in public")
+    role = f"pgs_cli_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' NOSUPERUSER NOCREATEDB")
+    try:
+        url = sa.make_url(pg_scheduler_url).set(username=role, password="pw")
+        result = invoke(
+            "db",
+            "upgrade",
+            "--url",
+            url.render_as_string(hide_password=False),
+            "--table-prefix",
+            unique_prefix(),
+        )
+        assert result.exit_code == 1
+        line = one_error_line(result)
+        assert "the database role lacks the privilege" in line
+        assert "permission denied" in line
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {role}")
 
 
 def test_db_sql_needs_no_database(invoke: Invoke) -> None:
@@ -469,6 +497,22 @@ def no_arguments():
     return create(os.environ["PG_SCHEDULER_DATABASE_URL"])
 
 
+async def create_async(url):
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from pg_scheduler.aio import AsyncScheduler
+
+    engine = create_async_engine(url)
+    scheduler = AsyncScheduler(
+        SchedulerConfig(engine=engine, table_prefix=PREFIX, node_name="async-node")
+    )
+
+    @scheduler.recurring("every_second", "* * * * * *")
+    async def every_second(ctx):
+        print("tick", ctx.scheduled_at, flush=True)
+
+    return scheduler
+
+
 elsewhere = Scheduler(
     SchedulerConfig(engine=sa.create_engine("postgresql+psycopg://x@elsewhere.invalid/db"))
 )
@@ -564,6 +608,33 @@ def test_worker_runs_the_app_and_stops_gracefully_on_a_signal(
     assert count_jobs(engine, models, status=JobStatus.RUNNING.value) == 0
     statuses = {r["status"] for r in runs_of(engine, models, "every_second")}
     assert RunStatus.RUNNING.value not in statuses
+
+
+@pytest.mark.slow
+def test_worker_runs_an_async_app_from_an_async_factory(
+    app_module: str,
+    tmp_path: Path,
+    pg_scheduler_server: TestServer,
+    engine: sa.Engine,
+    names: Names,
+    models: Models,
+    workers: list[Worker],
+) -> None:
+    url = pg_scheduler_server.url_for("psycopg")  # psycopg 3 is sync and async alike
+    worker = Worker([f"{app_module}:create_async", "--url", url], tmp_path, {})
+    workers.append(worker)
+    watch = observer(engine, names)
+    node = wait_until(watch.list_nodes, timeout=60, message="the worker's node")[0]
+    assert node.node_name == "async-node"
+    wait_until(
+        lambda: any(r["status"] == "completed" for r in runs_of(engine, models, "every_second")),
+        timeout=30,
+        message="a completed tick",
+    )
+    assert worker.stop() == 0, worker.output()
+    (after,) = watch.list_nodes()
+    assert after.stopped_at is not None
+    assert count_jobs(engine, models, status=JobStatus.RUNNING.value) == 0
 
 
 @pytest.mark.slow
