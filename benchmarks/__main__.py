@@ -1,0 +1,282 @@
+"""Benchmark pg_scheduler against pgqueuer, procrastinate and chancy, in one run.
+
+    python -m benchmarks                         # full sizes, every installed library
+    python -m benchmarks --quick --only ours     # CI-sized, pg_scheduler alone (< 1 min)
+    python -m benchmarks --url postgresql://... --json results.json --markdown RESULTS.md
+
+Starts its own embedded PostgreSQL 18 (with pg_stat_statements) unless ``--url`` is given; each
+scenario then works in a database of its own, created and dropped around it. Scenarios run one
+at a time, and within a scenario each library in turn, so slow drift in machine load touches every
+library alike. Run it from the repository root, with the ``bench`` extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from benchmarks import measures, ours, report
+from benchmarks.peers import PEER_NAMES, _harness, load_peers
+
+LIBRARIES = (report.OURS, *PEER_NAMES)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    bulk: int
+    one_by_one: int
+    drain: int
+    drain_concurrency_1: int
+    wake_samples: int
+    wake_delayed_samples: int
+    cron_seconds: int
+    idle_seconds: float
+    statements_jobs: int
+    rss_jobs: int
+    rss_warmup: int
+    claim_rows: int
+    claim_samples: int
+
+
+FULL = Sizes(
+    bulk=20_000,
+    one_by_one=2_000,
+    drain=20_000,
+    drain_concurrency_1=20_000,
+    wake_samples=50,
+    wake_delayed_samples=20,
+    cron_seconds=30,
+    idle_seconds=30,
+    statements_jobs=5_000,
+    rss_jobs=100_000,
+    rss_warmup=10_000,
+    claim_rows=1_000_000,
+    claim_samples=200,
+)
+QUICK = Sizes(
+    bulk=2_000,
+    one_by_one=100,
+    drain=500,
+    drain_concurrency_1=50,
+    wake_samples=5,
+    wake_delayed_samples=2,
+    cron_seconds=3,
+    idle_seconds=2,
+    statements_jobs=300,
+    rss_jobs=1_500,
+    rss_warmup=500,
+    claim_rows=10_000,
+    claim_samples=20,
+)
+
+Call = Callable[[ModuleType, str, Sizes], Any]
+
+
+def _drain(concurrency: int, processes: int) -> Call:
+    def call(module: ModuleType, dsn: str, sizes: Sizes) -> Any:
+        n = sizes.drain_concurrency_1 if concurrency == 1 else sizes.drain
+        return module.drain(dsn, n=n, concurrency=concurrency, processes=processes)
+
+    return call
+
+
+#: (scenario key, libraries it applies to (None: all), call). Run in this order.
+SCENARIOS: list[tuple[str, tuple[str, ...] | None, Call]] = [
+    ("enqueue_bulk", None, lambda m, dsn, s: m.enqueue_bulk(dsn, n=s.bulk)),
+    ("enqueue_one_by_one", None, lambda m, dsn, s: m.enqueue_one_by_one(dsn, n=s.one_by_one)),
+    ("drain_c1", None, _drain(1, 1)),
+    ("drain_c8", None, _drain(8, 1)),
+    ("drain_c32", None, _drain(32, 1)),
+    ("drain_c32_p2", None, _drain(32, 2)),
+    ("drain_c32_p4", None, _drain(32, 4)),
+    ("wakeup_now", None, lambda m, dsn, s: m.wakeup_latency(dsn, s.wake_samples, 0.0)),
+    ("wakeup_1s", None, lambda m, dsn, s: m.wakeup_latency(dsn, s.wake_delayed_samples, 1.0)),
+    ("cron", None, lambda m, dsn, s: m.cron_lateness(dsn, seconds=s.cron_seconds, nodes=2)),
+    ("idle", None, lambda m, dsn, s: m.idle_statements_per_second(dsn, s.idle_seconds)),
+    (
+        "statements",
+        None,
+        lambda m, dsn, s: measures.statements_per_job(m.ADAPTER, dsn, n=s.statements_jobs),
+    ),
+    (
+        "rss",
+        None,
+        lambda m, dsn, s: measures.rss(m.ADAPTER, dsn, jobs=s.rss_jobs, warmup=s.rss_warmup),
+    ),
+    (
+        "claim",
+        (report.OURS,),
+        lambda m, dsn, s: ours.claim_latency(dsn, rows=s.claim_rows, samples=s.claim_samples),
+    ),
+]
+SCENARIO_KEYS = tuple(key for key, _, _ in SCENARIOS)
+#: What ``--quick`` runs unless ``--scenarios`` says otherwise: one of each kind of figure.
+QUICK_SCENARIOS = (
+    "enqueue_bulk",
+    "enqueue_one_by_one",
+    "drain_c32",
+    "drain_c32_p2",
+    "wakeup_now",
+    "cron",
+    "statements",
+    "rss",
+    "claim",
+)
+
+
+@contextlib.contextmanager
+def database(url: str | None) -> Iterator[str]:
+    if url:
+        yield ours.libpq_dsn(url)
+    else:
+        with _harness.embedded_postgres_dsn() as dsn:
+            yield dsn
+
+
+def machine(dsn: str) -> dict[str, Any]:
+    with _harness.admin_connection(dsn) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    versions = {}
+    for dist in ("pg-scheduler", "sqlalchemy", "psycopg", *PEER_NAMES):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": row[0] if row else None,
+        "versions": versions,
+    }
+
+
+def summarize(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, list):
+        return _harness.describe_latencies(value)
+    if isinstance(value, dict):
+        if "lateness" in value:
+            late = _harness.describe_latencies(value["lateness"])
+            return f"{late}; duplicates {value['duplicates']}, missed {value['missed']}"
+        shown = {k: v for k, v in value.items() if not isinstance(v, list)}
+        return ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
+        )
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (a CI smoke run)")
+    parser.add_argument("--url", help="use this PostgreSQL (libpq DSN or SQLAlchemy URL)")
+    parser.add_argument("--only", nargs="+", choices=LIBRARIES, help="libraries to run")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIO_KEYS, help="scenarios to run")
+    parser.add_argument(
+        "--skip", nargs="+", choices=SCENARIO_KEYS, default=[], help="scenarios to skip"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure and raw sample here")
+    parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    wanted = list(args.only or LIBRARIES)
+    peers, skipped = load_peers([lib for lib in wanted if lib != report.OURS])
+    modules: dict[str, ModuleType] = {}
+    if report.OURS in wanted:
+        modules[report.OURS] = ours
+    modules.update(peers)
+    for name, reason in skipped.items():
+        print(f"skipping {name}: {reason}", file=sys.stderr)
+    libraries = list(modules)
+    chosen = args.scenarios or (QUICK_SCENARIOS if args.quick else SCENARIO_KEYS)
+    plan = [
+        (key, applies, call)
+        for key, applies, call in SCENARIOS
+        if key in chosen and key not in args.skip
+    ]
+
+    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    results: dict[str, dict[str, Any]] = {key: {} for key, _, _ in plan}
+    with database(args.url) as dsn:
+        info = machine(dsn)
+        idle_method = _harness.statement_count_method(dsn)
+        for key, applies, call in plan:
+            for lib, module in modules.items():
+                if applies is not None and lib not in applies:
+                    continue
+                began = time.monotonic()
+                try:
+                    results[key][lib] = call(module, dsn, sizes)
+                except Exception as exc:  # one failing scenario must not hide the others
+                    traceback.print_exc()
+                    results[key][lib] = f"error: {type(exc).__name__}: {exc}"[:300]
+                took = time.monotonic() - began
+                print(
+                    f"[{key}] {lib}: {summarize(results[key][lib])} ({took:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    load_end = os.getloadavg()
+    elapsed = time.monotonic() - started
+
+    rows = report.build_rows(results, libraries)
+    info.update(
+        loadavg_start=[round(x, 2) for x in load_start],
+        loadavg_end=[round(x, 2) for x in load_end],
+        idle_statements_counted_with=idle_method,
+        seconds=round(elapsed, 1),
+    )
+    title = (
+        f"{command}\n{info['nproc']} cores, load {load_start[0]:.2f} → {load_end[0]:.2f} "
+        f"(1-min avg), PostgreSQL {info['postgresql']}, {elapsed:.0f} s"
+    )
+    from rich.console import Console
+
+    Console().print(report.render(rows, libraries, title))
+    for key, by_lib in results.items():
+        for lib, value in by_lib.items():
+            if isinstance(value, dict) and value.get("note"):
+                print(f"note [{lib}] {key}: {value['note']}")
+    if args.json:
+        payload = {
+            "command": command,
+            "machine": info,
+            "sizes": asdict(sizes),
+            "libraries": libraries,
+            "skipped": skipped,
+            "rows": report.as_json(rows),
+            "results": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+    if args.markdown:
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        args.markdown.write_text(
+            f"`{command}`\n\n"
+            f"Machine: {info['nproc']} cores ({info['platform']}), Python {info['python']}, "
+            f"PostgreSQL {info['postgresql']}; load average (1 min) {load_start[0]:.2f} at start, "
+            f"{load_end[0]:.2f} at end; {elapsed:.0f} s. Versions: {versions}.\n\n"
+            f"{report.markdown(rows, libraries)}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Drain a backlog with one in-process node, for profiling the hot path.
+
+    python -m benchmarks.profile_drain --jobs 20000 --concurrency 32
+    py-spy record -o drain.svg -- python -m benchmarks.profile_drain --jobs 20000
+    python -m benchmarks.profile_drain --cprofile drain.pstats
+
+Prints jobs/s and the statements the node sent per job, by statement (pg_stat_statements), so a
+change to the engine can be judged by both. Starts its own embedded PostgreSQL unless ``--url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import time
+from collections.abc import Iterator
+
+import pg_scheduler
+from benchmarks import ours
+from benchmarks.peers import _harness
+
+
+@contextlib.contextmanager
+def server(url: str | None) -> Iterator[str]:
+    if url:
+        yield ours.libpq_dsn(url)
+    else:
+        with _harness.embedded_postgres_dsn() as dsn:
+            yield dsn
+
+
+def statements(dsn: str, dbname: str) -> list[tuple[str, int]]:
+    with _harness.admin_connection(dsn) as conn:
+        rows = conn.execute(
+            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = %s ORDER BY calls DESC",
+            (dbname,),
+        ).fetchall()
+    return [(str(q), int(c)) for q, c in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
+    parser.add_argument("--cprofile", help="write a cProfile dump of the drain to this file")
+    args = parser.parse_args(argv)
+    n = args.jobs
+    finished_sql = ours.ADAPTER.finished_jobs_sql()
+    with server(args.url) as dsn, _harness.bench_database(dsn, "profile") as db:
+        dbname = _harness.dsn_params(db)["dbname"]
+        engine = ours.make_engine(db, pool_size=args.concurrency + 4)
+        pg_scheduler.migrations.upgrade(engine)
+        producer = ours.build_scheduler(engine, 1)
+        producer.enqueue_many(ours.NOOP, [None] * n)
+        with _harness.admin_connection(db) as conn:
+            conn.execute("VACUUM ANALYZE")
+            conn.execute("CHECKPOINT")
+        node = ours.build_scheduler(engine, args.concurrency)
+        if _harness.statement_count_method(dsn) != "pg_stat_statements":
+            raise SystemExit("this profile needs pg_stat_statements on the server")
+        with _harness.admin_connection(dsn) as conn:
+            conn.execute(
+                "SELECT pg_stat_statements_reset(0, d.oid, 0) FROM pg_database d"
+                " WHERE d.datname = %s",
+                (dbname,),
+            )
+        profiler = cProfile.Profile() if args.cprofile else None
+        polls = 0
+        with _harness.admin_connection(db) as watch:
+            started = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            node.start()
+            while True:
+                polls += 1
+                row = watch.execute(finished_sql).fetchone()
+                if row and row[0] >= n:
+                    break
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            if profiler:
+                profiler.disable()
+        node.shutdown()
+        by_statement = statements(dsn, dbname)
+        engine.dispose()
+    if profiler:
+        profiler.dump_stats(args.cprofile)
+    total = sum(calls for _, calls in by_statement) - polls
+    print(f"{n} jobs, concurrency {args.concurrency}: {n / elapsed:,.0f} jobs/s")
+    print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
+    for query, calls in by_statement[:12]:
+        print(f"  {calls / n:7.3f}/job  {calls:7d}  {' '.join(query.split())[:110]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

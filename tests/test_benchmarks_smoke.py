@@ -1,0 +1,48 @@
+"""``python -m benchmarks --quick --only ours``: the benchmark runs end to end in CI time and
+writes the JSON the README's table is made from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "ours", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["libraries"] == ["ours"]
+    assert {"nproc", "loadavg_start", "loadavg_end", "postgresql"} <= set(payload["machine"])
+    from benchmarks.__main__ import QUICK_SCENARIOS
+
+    results = payload["results"]
+    assert set(results) == set(QUICK_SCENARIOS)
+    errors = {key: r["ours"] for key, r in results.items() if isinstance(r["ours"], str)}
+    assert not errors, errors
+    rows = {row["key"]: row for row in payload["rows"]}
+    for key in ("enqueue_bulk", "drain_c32", "wakeup_now_median", "cron_median", "claim_ratio"):
+        assert isinstance(rows[key]["values"]["ours"], float), key
+    assert {"label", "unit", "target", "met", "ratio", "best_peer"} <= set(rows["drain_c32"])
+    # The correctness figures hold even in a smoke run; speed is not judged here.
+    assert rows["cron_duplicates"]["values"]["ours"] == 0
+    assert rows["statements_per_job"]["values"]["ours"] < 1.0
+    assert elapsed < 120, f"the quick run took {elapsed:.0f} s (budget: 60 s on a quiet machine)"
