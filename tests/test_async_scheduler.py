@@ -384,9 +384,18 @@ def test_each_tick_runs_exactly_once_across_two_nodes(
                 "WHERE status <> 'released' GROUP BY scheduled_at) x"
             )
         ).scalar()
-    assert twice == []  # no tick ran twice
-    assert ticks >= 7 and ticks == int(span) + 1  # and none was missed in between
-    assert overlaps == 0 and unfinished == 0  # and no two runs overlapped
+        history = "\n".join(
+            str(tuple(row))
+            for row in conn.execute(
+                sa.text(
+                    f"SELECT scheduled_at::time, node, started_at::time, finished_at::time "
+                    f"FROM {effects} ORDER BY started_at"
+                )
+            )
+        )
+    assert twice == [], history  # no tick ran twice
+    assert ticks >= 7 and ticks == int(span) + 1, history  # and none was missed in between
+    assert overlaps == 0 and unfinished == 0, history  # and no two runs overlapped
     assert runs_per_tick == 1
 
 
