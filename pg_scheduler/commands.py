@@ -73,6 +73,10 @@ class RootGroup(click.Group):
             code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURE
         except click.exceptions.Exit as exc:
             code = exc.exit_code
+        except BrokenPipeError:
+            # `pg-scheduler jobs list | head`: the reader left; say nothing more, to anyone.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+            code = EXIT_FAILURE
         except Exception as exc:
             if "--traceback" in argv or os.environ.get(TRACEBACK_ENV):
                 raise

@@ -37,7 +37,7 @@ from .models import Models, build_models
 from .naming import Names
 from .records import JobRecord, NodeRecord, RunRecord
 from .scheduler import Scheduler
-from .states import JobStatus, RunStatus
+from .states import TERMINAL_STATUSES, JobStatus, RunStatus
 from .views import jobs_table, nodes_table, runs_table, status_text
 
 NAMES = Names(prefix="demo_")
@@ -156,7 +156,7 @@ class Snapshot:
     duplicates: int
 
     def unfinished(self, keys: Sequence[str]) -> int:
-        done = {j.key for j in self.jobs if j.status in (JobStatus.COMPLETED, JobStatus.FAILED)}
+        done = {j.key for j in self.jobs if j.status in TERMINAL_STATUSES}
         return sum(1 for key in keys if key not in done)
 
     def live_nodes(self) -> int:
