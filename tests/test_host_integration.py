@@ -200,7 +200,7 @@ def host_fixture(
     private = sa.create_engine(url, poolclass=sa.pool.NullPool)
     set_path = "SET search_path TO " + private.dialect.identifier_preparer.quote_identifier(schema)
 
-    @sa.event.listens_for(private, "connect")
+    @sa.event.listens_for(private, "connect", insert=True)  # before the dialect reads it
     def set_search_path(dbapi_connection: Any, record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(set_path)

@@ -101,13 +101,16 @@ def search_path_engine(pg_scheduler_url: str, engine: sa.Engine) -> Iterator[sa.
     private = sa.create_engine(pg_scheduler_url, poolclass=sa.pool.NullPool)
     statement = f"SET search_path TO {quote(private, schema)}"
 
-    @sa.event.listens_for(private, "connect")
+    @sa.event.listens_for(private, "connect", insert=True)  # before the dialect reads it
     def set_search_path(dbapi_connection: Any, record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(statement)
         cursor.close()
         dbapi_connection.commit()
 
+    with private.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.current_schema())) == schema
+    assert private.dialect.default_schema_name == schema
     yield private
     private.dispose()
     drop_schema(engine, schema)
