@@ -31,7 +31,9 @@ def prefix(pg_scheduler_engine: sa.Engine) -> Iterator[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["quickstart.py", "web_app.py", "multi_node.py"])
+@pytest.mark.parametrize(
+    "example", ["quickstart.py", "web_app.py", "multi_node.py", "async_app.py"]
+)
 def test_example_runs_and_checks_itself(
     example: str, prefix: str, pg_scheduler_url: str, tmp_path: Path
 ) -> None:
