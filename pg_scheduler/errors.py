@@ -6,6 +6,8 @@ callers can act on it without parsing text.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PgSchedulerError(Exception):
     """pg_scheduler failed."""
@@ -98,6 +100,10 @@ class SchemaError(PgSchedulerError):
 
 class SchemaNotInstalledError(SchemaError):
     """The pg_scheduler tables are not installed in this database."""
+
+    def __init__(self, message: str | None = None, *, names: Any = None) -> None:
+        self.names = names  # the pg_scheduler.Names whose tables are missing, when known
+        super().__init__(message)
 
 
 class SchemaVersionMismatchError(SchemaError):

@@ -353,22 +353,34 @@ def sql(
     return buffer.getvalue()
 
 
-def check_schema(bind: Bind, names: Names) -> None:
-    """Raise unless the tables for ``names`` are installed at this library's head revision."""
-    installed = current(bind, names=names)
-    expected = head()
-    where = names.qualified(names.jobs_table)
+def how_to_install(names: Names) -> str:
+    """The commands that install the tables of ``names``, for error messages."""
     flags = f" --table-prefix {names.prefix}" if names.prefix else ""
     if names.schema:
         flags += f" --schema {names.schema}"
-    fix = (
+    return (
         f"run `pg-scheduler db upgrade --url URL{flags}` or "
         f"pg_scheduler.migrations.upgrade(engine, table_prefix={names.prefix!r}"
         + (f", schema={names.schema!r}" if names.schema else "")
         + "), or pass create_schema=True"
     )
+
+
+def not_installed(names: Names) -> SchemaNotInstalledError:
+    where = names.qualified(names.jobs_table)
+    return SchemaNotInstalledError(
+        f"pg_scheduler tables ({where}) are not installed: {how_to_install(names)}", names=names
+    )
+
+
+def check_schema(bind: Bind, names: Names) -> None:
+    """Raise unless the tables for ``names`` are installed at this library's head revision."""
+    installed = current(bind, names=names)
+    expected = head()
+    where = names.qualified(names.jobs_table)
+    fix = how_to_install(names)
     if installed is None:
-        raise SchemaNotInstalledError(f"pg_scheduler tables ({where}) are not installed: {fix}")
+        raise not_installed(names)
     if installed != expected:
         raise SchemaVersionMismatchError(
             f"pg_scheduler schema {where} is at revision {installed!r} but this version of "

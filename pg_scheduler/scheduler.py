@@ -43,6 +43,7 @@ from .repository import (
     CancelResult,
     FinishResult,
     JobRepository,
+    OneTimeSpec,
     Outcome,
     shares_one_statement,
 )
@@ -284,9 +285,8 @@ class Scheduler:
         session: Session | None = None,
     ) -> list[str]:
         """Enqueue one run of ``name`` per element of ``params_list`` in one batched INSERT."""
-        specs = [
-            self._registry.one_time_spec(name, params, retries, run_at) for params in params_list
-        ]
+        first = self._registry.one_time_spec(name, None, retries, run_at)  # resolves retries
+        specs = [OneTimeSpec(name, params, first.retries, run_at) for params in params_list]
         if session is not None:
             return self.repository(session).insert_many(specs)
         self._ensure_schema()
@@ -559,10 +559,7 @@ class Scheduler:
 def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:
     """Our error for a driver error that means "not installed" or "unreachable", else None."""
     if isinstance(exc, sa.exc.ProgrammingError) and _sqlstate(exc) == _UNDEFINED_TABLE:
-        return SchemaNotInstalledError(
-            f"pg_scheduler tables ({names.qualified(names.jobs_table)}) are not "
-            "installed: run `pg-scheduler db upgrade` or pg_scheduler.migrations.upgrade()"
-        )
+        return migrations.not_installed(names)
     if isinstance(exc, sa.exc.OperationalError):
         return unavailable(exc, url)
     return None
