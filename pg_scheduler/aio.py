@@ -118,21 +118,34 @@ class AsyncScheduler:
 
     # ------------------------------------------------------------------ database access
     async def transaction(
-        self, fn: Callable[[JobRepository], T], *, connection: AsyncConnection | None = None
+        self,
+        fn: Callable[[JobRepository], T],
+        *,
+        connection: AsyncConnection | None = None,
+        autocommit: bool = False,
     ) -> T:
-        """Run ``fn(repository)`` in a new transaction (committed on success) through
-        ``AsyncSession.run_sync``; on ``connection`` if given, else from the session factory.
+        """Run ``fn(repository)`` through ``AsyncSession.run_sync``: in a new transaction
+        (committed on success), on ``connection`` if given, else from the session factory; or,
+        with ``autocommit``, on a pooled connection where each statement commits by itself (only
+        for one atomic statement, or reads: a claim, an enqueue; no BEGIN/COMMIT round trips).
 
         Bounded like the threaded scheduler's: ``statement_timeout`` on the server, for this
         transaction only, and a client-side deadline a second later (a black-holed network never
         answers); the task is then cancelled and SQLAlchemy discards the connection."""
-        session = self.session_factory() if connection is None else AsyncSession(bind=connection)
 
         def work(sync_session: Session) -> T:
             set_local_statement_timeout(sync_session, self.config.statement_timeout)
             return fn(self.repository(sync_session))
 
         async def run() -> T:
+            if autocommit:
+                async with self.engine.connect() as conn:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    async with AsyncSession(bind=conn) as session:
+                        return await session.run_sync(lambda ss: fn(self.repository(ss)))
+            session = (
+                self.session_factory() if connection is None else AsyncSession(bind=connection)
+            )
             async with session, session.begin():
                 return await session.run_sync(work)
 
@@ -272,7 +285,8 @@ class AsyncScheduler:
         if session is not None:
             return await session.run_sync(lambda s: self.repository(s).insert_one_time(spec))
         await self._ensure_schema()
-        return await self.transaction(lambda repo: repo.insert_one_time(spec))
+        # One statement (the insert and its NOTIFY): autocommit.
+        return await self.transaction(lambda repo: repo.insert_one_time(spec), autocommit=True)
 
     async def enqueue_many(
         self,
@@ -288,7 +302,7 @@ class AsyncScheduler:
         if session is not None:
             return await session.run_sync(lambda s: self.repository(s).insert_many(specs))
         await self._ensure_schema()
-        return await self.transaction(lambda repo: repo.insert_many(specs))
+        return await self.transaction(lambda repo: repo.insert_many(specs), autocommit=True)
 
     async def get_job(self, key: str) -> JobRecord | None:
         """The job row with this key, or None."""

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .heartbeat import HeartbeatResult, renew, settle
 from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue
 from .poller import PollResult, claim_due, failure_delay, sleep_after
+from .records import ClaimedJob
 
 if TYPE_CHECKING:
     from .aio import AsyncScheduler
@@ -85,10 +86,17 @@ class AsyncPoller(_Service):
         names = s.registered_names()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
-        claimed, wait = await s.transaction(lambda repo: claim_due(repo, s.node_id, names, free))
-        for job in claimed:
-            s.dispatch(job)
+        # Autocommit, as in the threaded poller: the claim commits as it returns, so its jobs
+        # start at once (their tasks run when this one next yields), before the next-due look-up.
+        claimed, wait = await s.transaction(
+            lambda repo: claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch),
+            autocommit=True,
+        )
         return PollResult(len(claimed), free, wait)
+
+    def _dispatch(self, claimed: list[ClaimedJob]) -> None:
+        for job in claimed:
+            self.scheduler.dispatch(job)
 
     def start(self, *, immediately: bool) -> None:
         if immediately:

@@ -368,6 +368,19 @@ def test_each_tick_runs_exactly_once_across_two_nodes(
                 f"extract(epoch FROM max(scheduled_at) - min(scheduled_at)) FROM {effects}"
             )
         ).one()
+        # Under the default misfire policy (coalesce) a tick that falls due while the previous
+        # run is still going (or still being recorded) is folded into the next run. Any other
+        # gap means a due tick was missed by every node.
+        missed = conn.execute(
+            sa.text(
+                f"SELECT scheduled_at FROM (SELECT scheduled_at, "
+                f"lag(scheduled_at) OVER w AS previous_tick, lag(finished_at) OVER w AS previous_end "
+                f"FROM {names.runs_table} WHERE status = 'completed' "
+                "WINDOW w AS (ORDER BY scheduled_at)) x "
+                "WHERE scheduled_at > previous_tick + interval '1 second' "
+                "AND scheduled_at - interval '1 second' > previous_end"
+            )
+        ).all()
         overlaps = conn.execute(
             sa.text(
                 f"SELECT count(*) FROM (SELECT started_at, lag(finished_at) OVER "
@@ -394,7 +407,8 @@ def test_each_tick_runs_exactly_once_across_two_nodes(
             )
         )
     assert twice == [], history  # no tick ran twice
-    assert ticks >= 7 and ticks == int(span) + 1, history  # and none was missed in between
+    assert ticks >= 7 and span >= 6, history
+    assert missed == [], history  # and no tick was missed while no run was in progress
     assert overlaps == 0 and unfinished == 0, history  # and no two runs overlapped
     assert runs_per_tick == 1
 
