@@ -12,6 +12,12 @@ found in this order:
 ``PG_SCHEDULER_TEST_DRIVER`` picks the driver (``psycopg`` by default, ``psycopg2``, ``pg8000``).
 Each test that asks for ``pg_scheduler_names`` gets its own table prefix: tests are isolated without
 creating databases, and the prefix code path is exercised all the time.
+
+``PG_SCHEDULER_TEST_ROLE=runtime`` runs the tests with least privilege: ``pg_scheduler_installed``
+still migrates as the server's owner role, then grants a runtime role (created for the session, no
+superuser, DML on that installation's tables only, the README's role timeouts) what a node needs,
+and ``pg_scheduler_app_engine``/``pg_scheduler_app_url`` log in as that role. Without it, both are
+the owner's.
 """
 
 from __future__ import annotations
@@ -152,7 +158,8 @@ def pg_scheduler_server() -> Iterator[TestServer]:
     shown = sa.make_url(server.url).render_as_string(hide_password=True)
     _server_description.append(
         f"pg_scheduler tests ran against PostgreSQL {server.version} ({server.backend}) "
-        f"with driver {sa.make_url(server.url).get_driver_name()}: {shown}"
+        f"with driver {sa.make_url(server.url).get_driver_name()}, as the {test_role()} role: "
+        f"{shown}"
     )
     try:
         yield server
@@ -174,6 +181,132 @@ def pg_scheduler_engine(pg_scheduler_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def test_role() -> str:
+    role = os.environ.get("PG_SCHEDULER_TEST_ROLE", "owner")
+    if role not in ("owner", "runtime"):
+        raise pytest.UsageError(f"PG_SCHEDULER_TEST_ROLE={role!r}: expected 'owner' or 'runtime'")
+    return role
+
+
+# Role and grant statements take identifiers, not bind parameters. Rather than format SQL text,
+# the names travel as transaction-local settings (bound) and PL/pgSQL quotes them server side.
+_SET = sa.text("SELECT set_config('pg_scheduler.' || :key, :value, true)")
+
+_CREATE_RUNTIME_ROLE = sa.text(
+    """
+DO $$
+DECLARE
+    r text := quote_ident(current_setting('pg_scheduler.role'));
+BEGIN
+    EXECUTE 'CREATE ROLE ' || r || ' LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE';
+    -- The README's advice: bounded statements, lock waits and idle transactions.
+    EXECUTE 'ALTER ROLE ' || r || ' SET statement_timeout = ' || quote_literal('30s');
+    EXECUTE 'ALTER ROLE ' || r || ' SET lock_timeout = ' || quote_literal('5s');
+    EXECUTE 'ALTER ROLE ' || r || ' SET idle_in_transaction_session_timeout = '
+        || quote_literal('60s');
+END
+$$
+"""
+)
+
+_DROP_ROLE = sa.text(
+    """
+DO $$
+DECLARE
+    r text := quote_ident(current_setting('pg_scheduler.role'));
+BEGIN
+    EXECUTE 'DROP OWNED BY ' || r;
+    EXECUTE 'DROP ROLE ' || r;
+END
+$$
+"""
+)
+
+_GRANT_RUNTIME = sa.text(
+    """
+DO $$
+DECLARE
+    r text := quote_ident(current_setting('pg_scheduler.role'));
+    s text := quote_ident(coalesce(nullif(current_setting('pg_scheduler.schema'), ''),
+                                   current_schema()));
+    t text;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA ' || s || ' TO ' || r;
+    FOREACH t IN ARRAY string_to_array(current_setting('pg_scheduler.dml_tables'), ',') LOOP
+        EXECUTE 'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ' || s || '.' || quote_ident(t)
+            || ' TO ' || r;
+    END LOOP;
+    EXECUTE 'GRANT SELECT ON TABLE ' || s || '.'
+        || quote_ident(current_setting('pg_scheduler.version_table')) || ' TO ' || r;
+END
+$$
+"""
+)
+
+
+def _settings(conn: sa.Connection, **values: str) -> None:
+    for key, value in values.items():
+        conn.execute(_SET, {"key": key, "value": value})
+
+
+def grant_runtime_privileges(conn: sa.Connection, names: Names, role: str) -> None:
+    """Grant ``role`` what a node needs on one installation, and nothing else: USAGE on its schema,
+    SELECT/INSERT/UPDATE/DELETE on its three tables, SELECT on its version table (the start-up
+    schema check). No CREATE, TRUNCATE, REFERENCES or ownership. Runs in ``conn``'s transaction."""
+    tables = ",".join((names.jobs_table, names.runs_table, names.nodes_table))
+    _settings(
+        conn,
+        role=role,
+        schema=names.schema or "",
+        dml_tables=tables,
+        version_table=names.version_table,
+    )
+    conn.execute(_GRANT_RUNTIME)
+
+
+@pytest.fixture(scope="session")
+def pg_scheduler_runtime_role(pg_scheduler_engine: sa.Engine) -> Iterator[str | None]:
+    """The least-privilege role of this session (``PG_SCHEDULER_TEST_ROLE=runtime``), else None."""
+    if test_role() != "runtime":
+        yield None
+        return
+    role = f"pgs_test_runtime_{uuid.uuid4().hex[:8]}"
+    with pg_scheduler_engine.begin() as conn:
+        _settings(conn, role=role)
+        conn.execute(_CREATE_RUNTIME_ROLE)
+    try:
+        yield role
+    finally:
+        with pg_scheduler_engine.begin() as conn:
+            _settings(conn, role=role)
+            conn.execute(_DROP_ROLE)
+
+
+@pytest.fixture(scope="session")
+def pg_scheduler_app_url(pg_scheduler_url: str, pg_scheduler_runtime_role: str | None) -> str:
+    """URL the application (and so the scheduler) uses: the runtime role's, or the owner's."""
+    if pg_scheduler_runtime_role is None:
+        return pg_scheduler_url
+    url = sa.make_url(pg_scheduler_url).set(username=pg_scheduler_runtime_role, password=None)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_scheduler_app_engine(
+    pg_scheduler_engine: sa.Engine, pg_scheduler_app_url: str, pg_scheduler_url: str
+) -> Iterator[sa.Engine]:
+    """Engine of the application's role: the runtime role under ``PG_SCHEDULER_TEST_ROLE=runtime``,
+    else the session engine itself."""
+    if pg_scheduler_app_url == pg_scheduler_url:
+        yield pg_scheduler_engine
+        return
+    engine = sa.create_engine(
+        pg_scheduler_app_url, pool_size=10, max_overflow=20, pool_pre_ping=True
+    )
+    yield engine
+    engine.dispose()
+
+
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}_"
 
@@ -186,10 +319,16 @@ def pg_scheduler_names() -> Names:
 
 @pytest.fixture
 def pg_scheduler_installed(
-    pg_scheduler_engine: sa.Engine, pg_scheduler_names: Names
+    pg_scheduler_engine: sa.Engine,
+    pg_scheduler_names: Names,
+    pg_scheduler_runtime_role: str | None,
 ) -> Iterator[Names]:
-    """``pg_scheduler_names`` with the schema installed by the migrations (dropped afterwards)."""
+    """``pg_scheduler_names`` with the schema installed by the migrations, as the owner (dropped
+    afterwards); under ``PG_SCHEDULER_TEST_ROLE=runtime`` the runtime role is granted its DML."""
     migrations.upgrade(pg_scheduler_engine, names=pg_scheduler_names)
+    if pg_scheduler_runtime_role is not None:
+        with pg_scheduler_engine.begin() as conn:
+            grant_runtime_privileges(conn, pg_scheduler_names, pg_scheduler_runtime_role)
     yield pg_scheduler_names
     try:
         migrations.downgrade(pg_scheduler_engine, names=pg_scheduler_names)
