@@ -114,6 +114,18 @@ class Recorder:
             )
         )
 
+    def once(self, ctx: JobContext) -> None:
+        self._retry(
+            sa.insert(self.table).values(
+                job_key=ctx.job_key,
+                scheduled_at=ctx.scheduled_at,
+                attempt=ctx.attempt,
+                node=self.node,
+                started_at=sa.func.clock_timestamp(),
+                finished_at=sa.func.clock_timestamp(),
+            )
+        )
+
     def finish(self, effect_id: int) -> None:
         self._retry(
             sa.update(self.table)
@@ -165,7 +177,15 @@ class Suicide(Job):
             os._exit(17)
 
 
+class Noop(Job):
+    """Records that it ran, in one write (soak tests: throughput, not duration)."""
+
+    def run(self, ctx: JobContext) -> None:
+        RECORDER.once(ctx)
+
+
 CATALOG: dict[str, type[Job]] = {
+    "noop": Noop,
     "tick": Tick,
     "tick2": Tick,
     "tick3": Tick,
