@@ -53,18 +53,36 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, url: str, names: Names, engine: sa.Engine) -> None:
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        engine: sa.Engine,
+        *,
+        admin: sa.Engine | None = None,
+        grant_to: str | None = None,
+    ) -> None:
+        """``admin`` creates the effects table (default: ``engine``); ``grant_to`` is a runtime
+        role that the nodes log in as, given DML on it."""
         self.url = url
         self.names = names
         self.engine = engine
         self.nodes: list[Node] = []
-        with engine.begin() as conn:
+        with (admin or engine).begin() as conn:
             conn.exec_driver_sql(
                 f"CREATE TABLE IF NOT EXISTS {names.prefix}effects ("
                 "id bigserial PRIMARY KEY, job_key text NOT NULL, scheduled_at timestamptz NOT NULL,"
                 " attempt int NOT NULL, node text NOT NULL, started_at timestamptz NOT NULL,"
                 " finished_at timestamptz)"
             )
+            if grant_to is not None:
+                role = conn.dialect.identifier_preparer.quote_identifier(grant_to)
+                conn.exec_driver_sql(
+                    f"GRANT SELECT, INSERT, UPDATE ON {names.prefix}effects TO {role}"
+                )
+                conn.exec_driver_sql(
+                    f"GRANT USAGE ON SEQUENCE {names.prefix}effects_id_seq TO {role}"
+                )
 
     @property
     def effects(self) -> str:

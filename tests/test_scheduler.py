@@ -198,6 +198,7 @@ def test_start_refuses_a_missing_schema_and_names_the_fix(engine: sa.Engine) -> 
         Scheduler(config).start()
 
 
+@pytest.mark.owner_only  # it migrates
 def test_create_schema_installs_through_the_migrations(engine: sa.Engine) -> None:
     from pg_scheduler import migrations
 
