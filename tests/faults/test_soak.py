@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 def test_soak_short(fault_db: FaultServer) -> None:
-    result = run(fault_db.url, duration=20, jobs=3000, drain_timeout=60)
+    result = run(fault_db.url, duration=20, jobs=2000, drain_timeout=60)
     print(result.line())
     write_measurement("soak 20 s", line=result.line(), recoveries=result.recoveries)
     assert result.kills >= 3
