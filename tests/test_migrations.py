@@ -87,8 +87,14 @@ def schemas(engine: sa.Engine) -> Iterator[Callable[[str], str]]:
         return made[-1]
 
     yield make
-    for schema in made:
-        drop_schema(engine, schema)
+    failures = []
+    for schema in made:  # each one, even when another cannot be dropped
+        try:
+            drop_schema(engine, schema)
+        except sa.exc.DBAPIError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture
@@ -126,8 +132,14 @@ def cleanup(engine: sa.Engine) -> Iterator[Callable[[Names], Names]]:
         return names
 
     yield register
+    failures = []
     for names in registered:
-        drop_installation(engine, names)
+        try:
+            drop_installation(engine, names)
+        except sa.exc.DBAPIError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def catalog_names(engine: sa.Engine, names: Names) -> set[str]:
