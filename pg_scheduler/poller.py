@@ -45,7 +45,9 @@ class Poller:
     def run_once(self) -> PollResult:
         """Claim as many due jobs as there are free slots and hand them to the workers."""
         s = self.scheduler
-        free = s.config.max_concurrent_jobs - len(s.inflight)
+        # A job whose code has ended no longer takes a slot while its outcome is being written:
+        # the next claim overlaps that write instead of waiting for it.
+        free = s.config.max_concurrent_jobs - s.inflight.busy()
         names = s.registered_names()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)

@@ -352,7 +352,9 @@ class Scheduler:
             self._ensure_schema()
             with self.transaction() as repo:
                 self.register_node(repo)
-            self._pool = WorkerPool(self.config.max_concurrent_jobs, "pg_scheduler")
+            # Twice the slots: a thread whose job has ended stays with it while its outcome is
+            # written (grouped with others'), and its slot already runs the next job meanwhile.
+            self._pool = WorkerPool(2 * self.config.max_concurrent_jobs, "pg_scheduler")
             self._state = "running"
         if self.config.listen:
             self.listener.start()
@@ -479,6 +481,8 @@ class Scheduler:
                 error = execute(running, loop)
                 duration_ms = int((time.monotonic() - started) * 1000)
                 outcome = attempt_outcome(running, error, duration_ms)
+            running.code_ended = True
+            self.poller.wake()  # a slot is free; the lease stays in flight until written
             self._finish(running, outcome)
         finally:
             self.inflight.remove(running.lease_id)

@@ -48,6 +48,9 @@ class RunningJob:
     ctx: JobContext
     started: float = field(default_factory=time.monotonic)
     stop_reason: StopReason | None = None
+    code_ended: bool = False
+    """The job's code has returned; only its outcome write is left. Its slot is free again, its
+    lease is still held (and renewed) until the outcome is written."""
     on_stop: Callable[[], None] | None = field(default=None, repr=False)
     """Called at the first ``stop()``, after ``ctx.cancelled`` is set (AsyncScheduler cancels the
     job's task there)."""
@@ -98,6 +101,11 @@ class Inflight:
     def __len__(self) -> int:
         with self._cond:
             return len(self._jobs)
+
+    def busy(self) -> int:
+        """Jobs whose code is still running: what counts against ``max_concurrent_jobs``."""
+        with self._cond:
+            return sum(1 for running in self._jobs.values() if not running.code_ended)
 
     def __iter__(self) -> Iterator[RunningJob]:
         return iter(self.snapshot())
