@@ -402,7 +402,12 @@ class JobRepository:
         if limit <= 0 or not names:
             return []
         result: list[ClaimedJob] = []
-        for row in self._execute(self.claim_statement(node_id, names, limit)).mappings():
+        # Values go in at execute time: on SQLAlchemy 2.0, values given with .params() do not
+        # reach a parameter inside a CTE that an UPDATE-CTE reads.
+        rows = self._execute(
+            self._claim_template_for_models(), self._claim_values(node_id, names, limit)
+        )
+        for row in rows.mappings():
             record = JobRecord.from_row(row)
             assert record.lease_id is not None
             result.append(ClaimedJob(record, record.lease_id, row["claimed_at"]))
@@ -414,12 +419,17 @@ class JobRepository:
         The statement's shape is built once per installation and reused with new values: building
         it takes longer than running it (a CTE returning every column), and it runs on every poll.
         """
+        return self._claim_template_for_models().params(**self._claim_values(node_id, names, limit))
+
+    def _claim_template_for_models(self) -> sa.Select[Any]:
         template = _claim_templates.get(self.models)
         if template is None:
             template = _claim_templates.setdefault(self.models, self._claim_template())
-        return template.params(
-            claim_node_id=node_id, claim_names=list(names), claim_limit=int(limit)
-        )
+        return template
+
+    @staticmethod
+    def _claim_values(node_id: str, names: Sequence[str], limit: int) -> dict[str, Any]:
+        return {"claim_node_id": node_id, "claim_names": list(names), "claim_limit": int(limit)}
 
     def _claim_template(self) -> sa.Select[Any]:
         j, r = self.jobs.c, self.runs.c
@@ -430,7 +440,10 @@ class JobRepository:
                 j.next_run <= now(),
                 j.name.in_(sa.bindparam("claim_names", expanding=True)),
             )
-            .order_by(j.next_run, j.key)
+            # next_run alone: the partial index then yields due rows in order and the scan stops
+            # at the limit. With the key as a tie-break, a backlog enqueued in one statement (one
+            # now() for every row) had to be read and sorted whole on every claim.
+            .order_by(j.next_run)
             .limit(sa.bindparam("claim_limit", type_=sa.Integer))
             .with_for_update(skip_locked=True)
             # MATERIALIZED: evaluated exactly once. An "IN (SELECT ... LIMIT n FOR UPDATE SKIP
