@@ -25,11 +25,10 @@ from typing import Any
 import alembic.context
 import alembic.op
 import sqlalchemy as sa
+from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-
-from alembic import command
 
 from .errors import (
     MigrationError,
