@@ -49,7 +49,9 @@ def test_readme_example_runs(name: str, pg_scheduler_server: TestServer, tmp_pat
             timeout=120,
             check=False,
         )
-        assert done.returncode == 0, f"README example {name!r} failed:\n{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, (
+            f"README example {name!r} failed:\n{done.stdout}\n{done.stderr}"
+        )
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
