@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from rich.console import Console
 
-    Console().print(report.render(rows, libraries, title))
+    Console(width=None if sys.stdout.isatty() else 200).print(report.render(rows, libraries, title))
     for key, by_lib in results.items():
         for lib, value in by_lib.items():
             if isinstance(value, dict) and value.get("note"):
