@@ -30,14 +30,15 @@ def server(url: str | None) -> Iterator[str]:
             yield dsn
 
 
-def statements(dsn: str, dbname: str) -> list[tuple[str, int]]:
+def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:
+    """(query, calls, total execution ms) of every statement run in ``dbname``."""
     with _harness.admin_connection(dsn) as conn:
         rows = conn.execute(
-            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-            " WHERE d.datname = %s ORDER BY calls DESC",
+            "SELECT query, calls, total_exec_time FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC",
             (dbname,),
         ).fetchall()
-    return [(str(q), int(c)) for q, c in rows]
+    return [(str(q), int(c), float(t)) for q, c, t in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             node.start()
             while True:
                 polls += 1
-                row = watch.execute(finished_sql).fetchone()
+                row = watch.execute(finished_sql, {"n": n}).fetchone()
                 if row and row[0] >= n:
                     break
                 time.sleep(0.02)
@@ -88,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
     if profiler:
         profiler.dump_stats(args.cprofile)
-    total = sum(calls for _, calls in by_statement) - polls
+    total = sum(calls for _, calls, _ in by_statement) - polls
+    server_ms = sum(ms for _, _, ms in by_statement)
     print(f"{n} jobs, concurrency {args.concurrency}: {n / elapsed:,.0f} jobs/s")
     print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
-    for query, calls in by_statement[:12]:
-        print(f"  {calls / n:7.3f}/job  {calls:7d}  {' '.join(query.split())[:110]}")
+    print(f"server execution time per job: {server_ms * 1000 / n:.0f} us (all statements)")
+    print("  per job   calls  us/job  statement")
+    for query, calls, ms in by_statement[:12]:
+        text = " ".join(query.split())[:100]
+        print(f"  {calls / n:7.3f} {calls:7d} {ms * 1000 / n:7.1f}  {text}")
     return 0
 
 
