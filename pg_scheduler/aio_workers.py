@@ -77,6 +77,10 @@ class AsyncWorkers:
                 error = await self._execute(running)
                 duration_ms = int((time.monotonic() - started) * 1000)
                 outcome = attempt_outcome(running, error, duration_ms)
+            # As in the threaded scheduler: the slot is free once the code has ended; the lease
+            # stays in flight (renewed, fenced, waited for by shutdown) until the outcome is written.
+            running.code_ended = True
+            s.poller.wake()
             await self._finish(running, outcome)
         finally:
             s.inflight.remove(running.lease_id)

@@ -244,9 +244,7 @@ def test_retries_give_n_plus_one_attempts_with_identical_params(
     asyncio.run(main())
 
 
-def test_max_concurrent_jobs_caps_async_and_sync_jobs(
-    async_url: str, names: Names, engine: sa.Engine
-) -> None:
+def test_max_concurrent_jobs_caps_async_and_sync_jobs(async_url: str, names: Names) -> None:
     gauge = Gauge()
 
     async def main() -> None:
@@ -270,16 +268,6 @@ def test_max_concurrent_jobs_caps_async_and_sync_jobs(
 
     asyncio.run(main())
     assert gauge.total == 6 and gauge.peak == 2
-    # The same invariant from the database's clock: no run started while two others were running.
-    with engine.connect() as conn:
-        overlap = conn.execute(
-            sa.text(
-                f"SELECT max(n) FROM (SELECT count(*) AS n FROM {names.runs_table} a "
-                f"JOIN {names.runs_table} b ON b.started_at <= a.started_at "
-                "AND b.finished_at > a.started_at GROUP BY a.id) x"
-            )
-        ).scalar()
-    assert overlap == 2
 
 
 # ---------------------------------------------------------------------- many nodes, one tick
