@@ -8,6 +8,7 @@ in your PostgreSQL, next to your data, installed by Alembic migrations.
 from __future__ import annotations
 
 from . import errors, migrations
+from .aio import AsyncScheduler
 from .config import RetryBackoff, SchedulerConfig
 from .cron import CronSchedule
 from .errors import PgSchedulerError
@@ -19,6 +20,7 @@ from .scheduler import Scheduler
 from .states import JobStatus, JobType, RunStatus
 
 __all__ = [
+    "AsyncScheduler",
     "CancelResult",
     "CronSchedule",
     "FunctionJob",
