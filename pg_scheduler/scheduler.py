@@ -139,7 +139,7 @@ class Scheduler:
         statement (an enqueue, a claim) or only read."""
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+                switch_to_autocommit(conn)
                 # The client-side deadline only: a transaction-local statement_timeout would
                 # end with the first statement.
                 dbapi_connection = conn.connection.dbapi_connection
@@ -558,6 +558,18 @@ class Scheduler:
                 raise TimeoutError("jobs still running")
             if result.claimed < result.free_slots or result.claimed == 0:
                 return total
+
+
+def switch_to_autocommit(conn: sa.Connection) -> None:
+    """Put a checked-out connection in autocommit, with no transaction left open on it.
+
+    pool_pre_ping's ``SELECT 1`` leaves pg8000 inside an implicit transaction, and switching the
+    isolation level does not end it: every "autocommit" statement would then run inside it and
+    vanish when the connection is checked in (a completed job's row stayed running)."""
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if getattr(dbapi_connection, "_in_transaction", False):  # pg8000's transaction status
+        dbapi_connection.rollback()
 
 
 def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:
