@@ -36,7 +36,7 @@ def test_readme_example_runs(name: str, pg_scheduler_server: TestServer, tmp_pat
     url = sa.make_url(pg_scheduler_server.url_for("psycopg")).update_query_dict(
         {"options": f"-csearch_path={schema}"}
     )
-    script = tmp_path / f"{name}.py"
+    script = tmp_path / f"readme_{name}.py"  # never shadow a module (asyncio.py)
     script.write_text(EXAMPLES[name])
     env = {**os.environ, "PG_SCHEDULER_DATABASE_URL": url.render_as_string(hide_password=False)}
     try:
