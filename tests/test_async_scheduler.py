@@ -673,6 +673,7 @@ def test_graceful_shutdown_with_jobs_in_flight(
 # ---------------------------------------------------------------------- wake-ups and outages
 
 
+@pytest.mark.owner_only
 def test_notify_wakes_an_idle_node_and_the_listener_reconnects(
     async_url: str, names: Names, engine: sa.Engine
 ) -> None:
@@ -725,6 +726,7 @@ class Noop(Job):
         return None
 
 
+@pytest.mark.owner_only
 def test_the_node_survives_terminated_backends(
     async_url: str, names: Names, engine: sa.Engine
 ) -> None:
@@ -780,6 +782,7 @@ def test_configuration_is_validated_like_the_sync_scheduler(
     asyncio.run(main())
 
 
+@pytest.mark.owner_only
 def test_start_checks_the_schema_or_installs_it(async_url: str, engine: sa.Engine) -> None:
     fresh = Names(prefix=unique_prefix())
 

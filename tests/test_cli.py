@@ -69,6 +69,7 @@ def closed_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------- db
+@pytest.mark.owner_only
 def test_db_upgrade_installs_then_is_a_no_op(
     invoke: Invoke, pg_scheduler_url: str, engine: sa.Engine
 ) -> None:
@@ -86,6 +87,7 @@ def test_db_upgrade_installs_then_is_a_no_op(
         migrations.downgrade(engine, table_prefix=prefix)
 
 
+@pytest.mark.owner_only
 def test_db_upgrade_with_a_schema_and_the_url_from_the_environment(
     invoke: Invoke, pg_scheduler_url: str, engine: sa.Engine
 ) -> None:
@@ -127,6 +129,7 @@ def test_db_current_check_fails_when_not_installed(invoke: Invoke, pg_scheduler_
     assert f"run `pg-scheduler db upgrade --url URL --table-prefix {prefix}`" in line
 
 
+@pytest.mark.owner_only
 def test_db_downgrade_asks_for_yes_then_drops_the_tables(
     invoke: Invoke, pg_scheduler_url: str, engine: sa.Engine
 ) -> None:
@@ -145,6 +148,7 @@ def test_db_downgrade_asks_for_yes_then_drops_the_tables(
     assert migrations.current(engine, table_prefix=prefix) is None
 
 
+@pytest.mark.owner_only
 def test_db_upgrade_refused_permission(
     invoke: Invoke, pg_scheduler_url: str, engine: sa.Engine
 ) -> None:

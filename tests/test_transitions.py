@@ -28,6 +28,7 @@ from pg_scheduler.naming import Names
 from pg_scheduler.records import ClaimedJob, JobRecord
 from pg_scheduler.repository import JobRepository, Outcome
 from pg_scheduler.states import JobStatus, JobType, RunStatus, Transition
+from pg_scheduler.testing import grant_runtime_privileges
 from tests.factories import ago, from_now, make_job, repository, runs_of, snapshot
 
 NODE = "transitions-host:1:abcdef01"
@@ -230,10 +231,15 @@ PARAMS = [
 
 
 @pytest.fixture(scope="module")
-def shared_models(pg_scheduler_engine: sa.Engine) -> Iterator[Models]:
+def shared_models(
+    pg_scheduler_engine: sa.Engine, pg_scheduler_runtime_role: str | None
+) -> Iterator[Models]:
     """One installation for the whole table (installing one per case would dominate the time)."""
     names = Names(prefix=f"tr{uuid.uuid4().hex[:8]}_")
     migrations.upgrade(pg_scheduler_engine, names=names)
+    if pg_scheduler_runtime_role is not None:  # PG_SCHEDULER_TEST_ROLE=runtime
+        with pg_scheduler_engine.begin() as conn:
+            grant_runtime_privileges(conn, names, pg_scheduler_runtime_role)
     yield build_models(names)
     migrations.downgrade(pg_scheduler_engine, names=names)
 
