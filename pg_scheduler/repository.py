@@ -156,7 +156,7 @@ class JobRepository:
 
     def __init__(
         self,
-        session: Session,
+        session: Session | sa.Connection,
         models: Models,
         *,
         backoff: RetryBackoff | None = None,
