@@ -153,6 +153,10 @@ def settle(
     ]
     for r in lost:
         r.stop(StopReason.LEASE_LOST)
+        if r.code_ended:
+            # Its outcome write (fenced by the lease) says what happened: written just before
+            # this beat, or dropped. Warning here too would report a completed job as lost.
+            continue
         log.warning(
             "job %r lost its lease (another node took it over); its outcome will be dropped",
             r.claimed.key,
