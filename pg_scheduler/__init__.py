@@ -7,8 +7,9 @@ in your PostgreSQL, next to your data, installed by Alembic migrations.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors, migrations
-from .aio import AsyncScheduler
 from .config import RetryBackoff, SchedulerConfig
 from .cron import CronSchedule
 from .errors import PgSchedulerError
@@ -44,3 +45,16 @@ __all__ = [
     "migrations",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .aio import AsyncScheduler
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncScheduler needs SQLAlchemy's asyncio support (greenlet, the `asyncio` extra): import it
+    # only when asked for, so a synchronous install never needs greenlet.
+    if name == "AsyncScheduler":
+        from .aio import AsyncScheduler
+
+        return AsyncScheduler
+    raise AttributeError(f"module 'pg_scheduler' has no attribute {name!r}")
