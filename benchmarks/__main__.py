@@ -192,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every figure and raw sample here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: print (and --markdown) a saved run's table"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        return rerender(args.from_json, args.markdown)
 
     sizes = QUICK if args.quick else FULL
     wanted = list(args.only or LIBRARIES)
@@ -267,14 +272,36 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     if args.markdown:
-        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-        args.markdown.write_text(
-            f"`{command}`\n\n"
-            f"Machine: {info['nproc']} cores ({info['platform']}), Python {info['python']}, "
-            f"PostgreSQL {info['postgresql']}; load average (1 min) {load_start[0]:.2f} at start, "
-            f"{load_end[0]:.2f} at end; {elapsed:.0f} s. Versions: {versions}.\n\n"
-            f"{report.markdown(rows, libraries)}\n"
-        )
+        args.markdown.write_text(markdown_page(command, info, rows, libraries))
+    return 0
+
+
+def markdown_page(
+    command: str, info: dict[str, Any], rows: list[report.Row], libraries: list[str]
+) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (
+        f"`{command}`\n\n"
+        f"Machine: {info['nproc']} cores ({info['platform']}), Python {info['python']}, "
+        f"PostgreSQL {info['postgresql']}; load average (1 min) {info['loadavg_start'][0]:.2f} "
+        f"at start, {info['loadavg_end'][0]:.2f} at end; {info['seconds']:.0f} s. "
+        f"Versions: {versions}.\n\n"
+        f"{report.markdown(rows, libraries)}\n"
+    )
+
+
+def rerender(path: Path, markdown: Path | None) -> int:
+    from rich.console import Console
+
+    saved = json.loads(path.read_text())
+    libraries = saved["libraries"]
+    rows = report.build_rows(saved["results"], libraries)
+    info = saved["machine"]
+    Console(width=None if sys.stdout.isatty() else 200).print(
+        report.render(rows, libraries, saved["command"])
+    )
+    if markdown:
+        markdown.write_text(markdown_page(saved["command"], info, rows, libraries))
     return 0
 
 

@@ -51,7 +51,8 @@ def _ratio_to_best(row: Row, peers: list[str]) -> None:
     if row.higher_is_better:
         row.ratio = ours / value if value else None
     else:
-        row.ratio = value / ours if ours else math.inf
+        # A count of zero (duplicates, missed ticks) has no meaningful ratio.
+        row.ratio = value / ours if ours else None
 
 
 def at_least_x_best_peer(factor: float) -> Callable[[Row], bool | None]:
