@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import os
 import time
 from collections.abc import Iterator
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         polls = 0
         with _harness.admin_connection(db) as watch:
             started = time.perf_counter()
+            cpu_started = os.times()
             if profiler:
                 profiler.enable()
             node.start()
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
+            cpu = os.times()
             if profiler:
                 profiler.disable()
         node.shutdown()
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(calls for _, calls, _ in by_statement) - polls
     server_ms = sum(ms for _, _, ms in by_statement)
     print(f"{n} jobs, concurrency {args.concurrency}: {n / elapsed:,.0f} jobs/s")
+    user = (cpu.user - cpu_started.user) * 1e6 / n
+    system = (cpu.system - cpu_started.system) * 1e6 / n
+    print(f"node process CPU per job: {user:.0f} us user, {system:.0f} us system")
     print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
     print(f"server execution time per job: {server_ms * 1000 / n:.0f} us (all statements)")
     print("  per job   calls  us/job  statement")

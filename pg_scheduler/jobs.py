@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import logging
 import threading
@@ -170,8 +171,9 @@ class Job:
         """Called after each run whatever its outcome; an exception here is logged, and does not
         turn a success into a failure."""
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
+        """Whether a hook is ``async def`` (asked on every run: worked out once)."""
         return any(is_async_callable(getattr(self, hook)) for hook in ("init", "run", "shutdown"))
 
     def __repr__(self) -> str:

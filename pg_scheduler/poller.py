@@ -54,7 +54,7 @@ class Poller:
         # Autocommit: the claim is one atomic statement and the next-due look-up only reads, so
         # BEGIN and COMMIT would be two more round trips on every pass. The claim is committed
         # when it returns, so its jobs start at once: before the look-up, and even if it fails.
-        with s.autocommit(kept=True) as repo:
+        with s.autocommit(s.claim_connection) as repo:
             claimed, wait = claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch)
         return PollResult(len(claimed), free, wait)
 

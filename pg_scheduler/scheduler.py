@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
+from .connections import KeptConnection, switch_to_autocommit
 from .errors import (
     DatabaseUnavailableError,
     PgSchedulerError,
@@ -103,10 +103,10 @@ class Scheduler:
         self._registry = JobRegistry()
         self._state = "new"  # new -> running -> stopped
         self._state_lock = threading.Lock()
-        self._autocommit_lock = threading.Lock()
-        self._autocommit_conn: sa.Connection | None = None
-        # Only where the socket can be checked for a closed connection without a round trip.
-        self._keep_autocommit = self.engine.dialect.driver in ("psycopg", "psycopg2")
+        # One kept autocommit connection per stream of the node's own statements.
+        self.claim_connection = KeptConnection(self.engine)
+        self.outcome_connection = KeptConnection(self.engine)
+        self.enqueue_connection = KeptConnection(self.engine)
         self._schema_ok = False
         self.db_errors = DatabaseErrors(self.log)
         self._pool: WorkerPool | None = None
@@ -138,30 +138,17 @@ class Scheduler:
             raise error from exc
 
     @contextlib.contextmanager
-    def autocommit(self, *, kept: bool = False) -> Iterator[JobRepository]:
+    def autocommit(self, kept: KeptConnection | None = None) -> Iterator[JobRepository]:
         """A repository on a connection in autocommit: each statement is its own transaction,
         with no BEGIN and COMMIT round trips. Only for callers that run one atomic statement (an
         enqueue, a claim, a group of completions) or only read.
 
-        With ``kept``, for the node's own statements whose failure is simply retried (claims,
-        grouped outcome writes), one connection is kept for this, already in autocommit: checking
-        one out, switching its isolation level both ways and wrapping it in a Session cost about
-        0.35 ms per statement. A caller that finds it busy takes a pooled connection instead; a
-        kept connection found closed, or that failed, is dropped. Enqueues take a pooled
-        connection, which the application's pool may pre-ping: an enqueue that fails on a
-        connection the server had just closed would surface to the caller."""
-        kept = kept and self._keep_autocommit and self._autocommit_lock.acquire(blocking=False)
+        With ``kept``, that stream's kept connection (see ``connections``) when it is free, else
+        a pooled connection."""
         try:
             with contextlib.ExitStack() as stack:
-                if kept:
-                    conn = self._autocommit_conn
-                    if conn is not None and not _idle_and_sound(conn):
-                        self._drop_autocommit_connection()
-                        conn = None
-                    if conn is None or conn.closed or conn.invalidated:
-                        conn = self._autocommit_conn = self.engine.connect()
-                        switch_to_autocommit(conn)
-                else:
+                conn = stack.enter_context(kept.take()) if kept is not None else None
+                if conn is None:
                     conn = stack.enter_context(self.engine.connect())
                     switch_to_autocommit(conn)
                 # The client-side deadline only: a transaction-local statement_timeout would
@@ -170,32 +157,17 @@ class Scheduler:
                 with self.deadlines.guard(dbapi_connection, "an autocommit statement"):
                     yield self.repository(conn)
         except sa.exc.DBAPIError as exc:
-            if kept:
-                self._drop_autocommit_connection()
             error = translate_error(exc, self.names, self.engine.url)
             if error is None:
                 raise
             if isinstance(error, SchemaNotInstalledError):
                 self._schema_ok = False
             raise error from exc
-        finally:
-            if kept:
-                self._autocommit_lock.release()
 
-    def _drop_autocommit_connection(self) -> None:
-        conn, self._autocommit_conn = self._autocommit_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.invalidate()
-                conn.close()
-
-    def close_autocommit_connection(self) -> None:
-        """Give the kept autocommit connection back to the pool (``shutdown`` does this)."""
-        with self._autocommit_lock:
-            conn, self._autocommit_conn = self._autocommit_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+    def close_autocommit_connections(self) -> None:
+        """Give the kept autocommit connections back to the pool (``shutdown`` does this)."""
+        for kept in (self.claim_connection, self.outcome_connection, self.enqueue_connection):
+            kept.close()
 
     def repository(self, session: Session | sa.Connection) -> JobRepository:
         """A repository on ``session`` (the caller owns its transaction)."""
@@ -426,7 +398,7 @@ class Scheduler:
         with self._state_lock:
             if self._state != "running":
                 self._state = "stopped"
-                self.close_autocommit_connection()  # a producer-only scheduler may hold one
+                self.close_autocommit_connections()  # a producer-only scheduler may hold one
                 return
             self._state = "stopping"
         wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
@@ -452,7 +424,7 @@ class Scheduler:
             self._loop.stop()
         with self._state_lock:
             self._state = "stopped"
-        self.close_autocommit_connection()
+        self.close_autocommit_connections()
         self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
 
     def _release_unfinished(self) -> None:
@@ -510,6 +482,7 @@ class Scheduler:
 
     def _run(self, running: RunningJob) -> None:
         claimed, ctx = running.claimed, running.ctx
+        handed_over = False
         try:
             outcome = misfire_outcome(claimed)
             if outcome is None:
@@ -526,16 +499,23 @@ class Scheduler:
                 outcome = attempt_outcome(running, error, duration_ms)
             running.code_ended = True
             self.poller.wake()  # a slot is free; the lease stays in flight until written
-            self._finish(running, outcome)
+            handed_over = self._finish(running, outcome)
         finally:
-            self.inflight.remove(running.lease_id)
-            self.poller.wake()  # a slot is free
+            if not handed_over:
+                self._done(running)
 
-    def _finish(self, running: RunningJob, outcome: Outcome | None) -> None:
+    def _done(self, running: RunningJob) -> None:
+        """The attempt's outcome is written (or given up): the lease leaves the node."""
+        self.inflight.remove(running.lease_id)
+        self.poller.wake()
+
+    def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
+        """Write the attempt's outcome, or hand it to the grouped writer (returns True: the
+        writer's callback finishes the attempt)."""
         claimed = running.claimed
         if running.stop_reason is StopReason.LEASE_LOST:
             report_dropped(self.log, claimed.key)
-            return
+            return False
         if outcome is None:
 
             def release() -> None:
@@ -543,23 +523,35 @@ class Scheduler:
                     repo.release(self.node_id, [claimed.lease_id])
 
             self._retry_database("release", release)
-            return
+            return False
 
-        grouped = self.outcomes.write(claimed, outcome)
-        if grouped is not None:
-            report_outcome(self.log, claimed, outcome, grouped)
-            return
+        def written(result: FinishResult | None) -> None:
+            if result is None:  # the group failed: write it alone, with retries, off this thread
+                assert self._pool is not None
+                self._pool.submit(lambda: self._write_alone(running, outcome))
+                return
+            report_outcome(self.log, claimed, outcome, result)
+            self._done(running)
+
+        self.outcomes.submit(claimed, outcome, written)
+        return True
+
+    def _write_alone(self, running: RunningJob, outcome: Outcome) -> None:
+        claimed = running.claimed
         result_box: list[FinishResult] = []
 
         def write() -> None:
             with self.transaction() as repo:
                 result_box.append(repo.finish(claimed, outcome))
 
-        written = self._retry_database("record outcome", write, holder=running)
-        if not written and lease_lost(running):  # the heartbeat said so while we retried
-            report_dropped(self.log, claimed.key)
-            return
-        report_outcome(self.log, claimed, outcome, result_box[0] if written else None)
+        try:
+            written = self._retry_database("record outcome", write, holder=running)
+            if not written and lease_lost(running):  # the heartbeat said so while we retried
+                report_dropped(self.log, claimed.key)
+                return
+            report_outcome(self.log, claimed, outcome, result_box[0] if written else None)
+        finally:
+            self._done(running)
 
     def _write_outcomes(
         self, items: Sequence[tuple[ClaimedJob, Outcome]]
@@ -567,7 +559,7 @@ class Scheduler:
         if all(shares_one_statement(*item) for item in items):
             # One atomic statement (two when a lease was lost): in autocommit, without the BEGIN,
             # set_config and COMMIT round trips of a transaction.
-            with self.autocommit(kept=True) as repo:
+            with self.autocommit(self.outcome_connection) as repo:
                 return repo.finish_many(items)
         with self.transaction() as repo:
             return repo.finish_many(items)
@@ -601,32 +593,6 @@ class Scheduler:
                 raise TimeoutError("jobs still running")
             if result.claimed < result.free_slots or result.claimed == 0:
                 return total
-
-
-def _idle_and_sound(conn: sa.Connection) -> bool:
-    """Whether a kept idle connection is still usable, without a round trip: an idle connection
-    has nothing to read, so input waiting on its socket means the server closed it (a terminated
-    backend, a restart). What the pool's pre-ping does, minus the query."""
-    if conn.closed or conn.invalidated:
-        return False
-    try:
-        dbapi_connection: Any = conn.connection.dbapi_connection
-        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
-    except (AttributeError, OSError, ValueError):
-        return False
-    return not readable
-
-
-def switch_to_autocommit(conn: sa.Connection) -> None:
-    """Put a checked-out connection in autocommit, with no transaction left open on it.
-
-    pool_pre_ping's ``SELECT 1`` leaves pg8000 inside an implicit transaction, and switching the
-    isolation level does not end it: every "autocommit" statement would then run inside it and
-    vanish when the connection is checked in (a completed job's row stayed running)."""
-    conn.execution_options(isolation_level="AUTOCOMMIT")
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if getattr(dbapi_connection, "_in_transaction", False):  # pg8000's transaction status
-        dbapi_connection.rollback()
 
 
 def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:

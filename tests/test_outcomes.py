@@ -13,6 +13,7 @@ from pg_scheduler.outcomes import OutcomeWriter
 from pg_scheduler.records import ClaimedJob
 from pg_scheduler.repository import FinishResult, Outcome
 from pg_scheduler.states import JobStatus, RunStatus
+from pg_scheduler.testing import wait_until
 from tests.factories import make_job, repository, runs_of, snapshot
 
 NODE = "outcomes-host:1:12345678"
@@ -122,24 +123,25 @@ def test_writer_groups_concurrent_outcomes_and_falls_back_on_error() -> None:
     results: list[FinishResult | None] = []
     lock = threading.Lock()
 
-    def one() -> None:
-        result = writer.write(object(), outcome)  # type: ignore[arg-type]
+    def written(result: FinishResult | None) -> None:
         with lock:
             results.append(result)
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    threads[0].start()
-    while not groups:  # the first thread is writing; the others queue behind it
-        threading.Event().wait(0.01)
-    for t in threads[1:]:
-        t.start()
-    threading.Event().wait(0.2)
+    def submit() -> None:
+        writer.submit(object(), outcome, written)  # type: ignore[arg-type]
+
+    leader = threading.Thread(target=submit)
+    leader.start()
+    wait_until(lambda: groups == [1], timeout=5)  # the first outcome is being written
+    for _ in range(5):
+        submit()  # returns at once: a write is in flight, these queue for the next group
+    assert results == [] and groups == [1]
     release.set()
-    for t in threads:
-        t.join(5)
-    assert groups == [1, 5] and all(r is not None and r.applied for r in results)
+    leader.join(5)
+    # The leading thread wrote the queued outcomes too, as one group, before it returned.
+    assert groups == [1, 5] and len(results) == 6 and all(r and r.applied for r in results)
 
     fail.set()
     results.clear()
-    one()
-    assert results == [None], "a failed group hands every outcome back to its own writer"
+    submit()
+    assert results == [None], "a failed group hands every outcome back, unwritten"
