@@ -35,7 +35,7 @@ from .errors import (
 from .models import Models
 from .naming import validate_job_name
 from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
-from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .records import JOB_FIELDS, ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .states import JobStatus, JobType, RunStatus, Transition
 
 #: The claim statement of each installation, built once (see ``JobRepository.claim_statement``).
@@ -407,10 +407,10 @@ class JobRepository:
         rows = self._execute(
             self._claim_template_for_models(), self._claim_values(node_id, names, limit)
         )
-        for row in rows.mappings():
-            record = JobRecord.from_row(row)
+        for row in rows:
+            record = JobRecord.from_values(row)
             assert record.lease_id is not None
-            result.append(ClaimedJob(record, record.lease_id, row["claimed_at"]))
+            result.append(ClaimedJob(record, record.lease_id, row[-1]))  # claimed_at
         return result
 
     def claim_statement(self, node_id: str, names: Sequence[str], limit: int) -> sa.Select[Any]:
@@ -483,7 +483,13 @@ class JobRepository:
             )
             .cte("record_runs")
         )
-        return sa.select(claimed).add_cte(record_runs).order_by(claimed.c.next_run)
+        # The job's columns in JobRecord's field order: the rows become records by position.
+        columns = [claimed.c[name] for name in JOB_FIELDS]
+        return (
+            sa.select(*columns, claimed.c.claimed_at)
+            .add_cte(record_runs)
+            .order_by(claimed.c.next_run)
+        )
 
     def next_due(self, names: Sequence[str]) -> tuple[dt.datetime, dt.datetime | None]:
         """The database time now, and the earliest future ``next_run`` among ``names``' jobs."""
