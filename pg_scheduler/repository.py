@@ -438,7 +438,13 @@ class JobRepository:
             .where(
                 j.status == JobStatus.PENDING.value,
                 j.next_run <= now(),
-                j.name.in_(sa.bindparam("claim_names", expanding=True)),
+                # One array parameter: an expanding IN is rewritten on every execution.
+                j.name == sa.any_(
+                    sa.cast(
+                        sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
+                        postgresql.ARRAY(sa.Text),
+                    )
+                ),
             )
             # next_run alone: the partial index then yields due rows in order and the scan stops
             # at the limit. With the key as a tie-break, a backlog enqueued in one statement (one
