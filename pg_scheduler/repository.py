@@ -113,6 +113,25 @@ def schedule_disabled(exc: Exception) -> str:
     return f"schedule disabled: {exc} (fix the job's cron or time zone, then retry it)"
 
 
+def lines_column(name: str, item: Any) -> Any:
+    """A bound text parameter holding one value per line, as an array of ``item`` (text when
+    ``item`` is ``sa.Text``). Hot-path batches travel so: one text value per column, split in SQL.
+    The drivers dump a list element by element (psycopg runs a regex over each text element),
+    which took longer than the statement itself; and psycopg2 and pg8000 cannot bind a list of
+    UUIDs or JSON documents. The values must hold no newline: keys cannot (job names hold no
+    control character), nor can compact JSON, UUIDs, numbers or ISO timestamps. An empty line is
+    NULL."""
+    lines = sa.func.string_to_array(
+        sa.bindparam(name, type_=sa.Text), sa.func.chr(10), "", type_=postgresql.ARRAY(sa.Text)
+    )
+    return lines if item is sa.Text else sa.cast(lines, postgresql.ARRAY(item))
+
+
+def new_key(name: str) -> str:
+    """A fresh one-time job key: the name, ``#``, a random UUID."""
+    return f"{name}#{uuid.uuid4()}"
+
+
 def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
     """Whether ``finish_many`` writes this outcome in its one shared statement (a completed
     one-time run) rather than through ``finish``."""
@@ -264,12 +283,12 @@ class JobRepository:
         self.notify(spec.name)
         return JobRecord.from_row(row)
 
-    def _one_time_values(self, spec: OneTimeSpec) -> dict[str, Any]:
+    def _one_time_values(self, spec: OneTimeSpec, key: str | None) -> dict[str, Any]:
         validate_job_name(spec.name)
         _check_retries(spec.retries)
         _check_run_at(spec.run_at)
         return {
-            "key": f"{spec.name}#{uuid.uuid4()}",
+            "key": key if key is not None else new_key(spec.name),
             "name": spec.name,
             "params_json": encode_params(spec.params, self.max_params_bytes),
             "max_retries": spec.retries,
@@ -290,37 +309,44 @@ class JobRepository:
             scheduled_at=due,
         )
 
-    def insert_one_time(self, spec: OneTimeSpec) -> str:
-        """Enqueue one run of a one-time job; returns its key (``name#<uuid>``)."""
-        values = self._one_time_values(spec)
+    def insert_one_time(self, spec: OneTimeSpec, *, key: str | None = None) -> str:
+        """Enqueue one run of a one-time job; returns its key (``name#<uuid>``, drawn here unless
+        given: a caller that may have to send the insert twice draws it first, see
+        ``is_duplicate_key``)."""
+        values = self._one_time_values(spec, key)
         insert = self._prebuilt(
             "insert_one_time", lambda: self._with_notify(self._insert_one_time_stmt())
         )
         self._execute(insert, {**values, "notify_payload": spec.name})
         return str(values["key"])
 
-    def insert_many(self, specs: Iterable[OneTimeSpec]) -> list[str]:
-        """Enqueue many one-time runs in one statement; returns their keys in order.
+    def insert_many(
+        self, specs: Iterable[OneTimeSpec], *, keys: Sequence[str] | None = None
+    ) -> list[str]:
+        """Enqueue many one-time runs in one statement; returns their keys in order (drawn here
+        unless given, one per spec, as for ``insert_one_time``).
 
-        The rows travel as four arrays that PostgreSQL unnests: one round trip and one statement
-        text, whatever the batch size. (A multi-row VALUES insert, SQLAlchemy's insertmanyvalues,
+        The rows travel as four columns of lines that PostgreSQL splits and unnests (see
+        ``lines_column``): one round trip and one statement text, whatever the batch size. (A multi-row VALUES insert, SQLAlchemy's insertmanyvalues,
         needs one placeholder per value, and psycopg's conversion of those 1000-row statements
         alone took longer than PostgreSQL's insert: 2,100 jobs/s against 19,000 this way.)
         """
         # Validate everything before writing anything. A batch usually repeats one name, one
         # retries value, one run_at and often one params object: each distinct value is checked
         # (and serialised) once; per row there is only the key to draw.
-        columns: dict[str, list[Any]] = {
+        columns: dict[str, list[str]] = {
             "keys": [],
             "params": [],
             "retries": [],
             "run_at": [],
         }
         specs = list(specs)  # keeps every params object alive: its id() stays its own
+        if keys is not None and len(keys) != len(specs):
+            raise ValueError(f"{len(keys)} keys for {len(specs)} jobs")
         valid_names: set[str] = set()
-        instants: dict[dt.datetime | None, str | None] = {None: None}
+        instants: dict[dt.datetime | None, str] = {None: ""}  # an empty line is NULL
         encoded: dict[int, str] = {}
-        for spec in specs:
+        for i, spec in enumerate(specs):
             name, retries, run_at, params = spec.name, spec.retries, spec.run_at, spec.params
             if not isinstance(name, str) or name not in valid_names:
                 valid_names.add(validate_job_name(name))
@@ -331,31 +357,32 @@ class JobRepository:
             text = encoded.get(id(params))
             if text is None:
                 text = encoded[id(params)] = encode_params(params, self.max_params_bytes)
-            columns["keys"].append(f"{name}#{uuid.uuid4()}")
+            columns["keys"].append(keys[i] if keys is not None else f"{name}#{uuid.uuid4()}")
             columns["params"].append(text)
-            columns["retries"].append(retries)
+            columns["retries"].append(str(retries))
             columns["run_at"].append(instants[run_at])
         if not columns["keys"]:
             return []
         statement = self._prebuilt(
             "insert_many", lambda: self._with_notify(self._insert_many_stmt())
         )
-        self._execute(statement, {"notify_payload": "", **columns})
+        self._execute(
+            statement,
+            {
+                "notify_payload": "",
+                **{name: "\n".join(values) for name, values in columns.items()},
+            },
+        )
         return columns["keys"]
 
     def _insert_many_stmt(self) -> Any:
-        # Every array is bound as text[] (integers as int[]) and cast in SQL, so all drivers send
-        # the same thing: psycopg2 and pg8000 cannot bind a list of UUIDs or JSON documents.
-        def array(name: str, item: Any) -> Any:
-            return sa.cast(sa.bindparam(name, type_=postgresql.ARRAY(item)), postgresql.ARRAY(item))
-
         text = sa.Text
         batch = (
             sa.func.unnest(
-                array("keys", text),
-                array("params", text),
-                array("retries", sa.Integer),
-                array("run_at", text),
+                lines_column("keys", text),
+                lines_column("params", text),
+                lines_column("retries", sa.Integer),
+                lines_column("run_at", text),
             )
             .table_valued(
                 sa.column("key", text),
@@ -380,8 +407,8 @@ class JobRepository:
             ],
             sa.select(
                 batch.c.key,
-                # The name is the key up to its '#' (names cannot contain one): one array less
-                # to send, and psycopg escapes every element of a text array with a regex.
+                # The name is the key up to its '#' (names cannot contain one): one column less
+                # to send.
                 sa.func.split_part(batch.c.key, "#", 1),
                 sa.literal(JobType.ONE_TIME.value),
                 sa.cast(batch.c.params, postgresql.JSONB),
@@ -439,7 +466,8 @@ class JobRepository:
                 j.status == JobStatus.PENDING.value,
                 j.next_run <= now(),
                 # One array parameter: an expanding IN is rewritten on every execution.
-                j.name == sa.any_(
+                j.name
+                == sa.any_(
                     sa.cast(
                         sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
                         postgresql.ARRAY(sa.Text),
@@ -644,9 +672,7 @@ class JobRepository:
         rows = self._execute(
             statement,
             {
-                # One text value per column, split in SQL: a job name holds no control character,
-                # so a newline cannot occur inside a key. Dumping three arrays element by element
-                # took more of the node's time than the statement's round trip.
+                # One text value per column (see ``lines_column``).
                 "keys": "\n".join(keys),
                 "leases": "\n".join(claimed.lease_id.hex for claimed, _ in items),
                 "durations": "\n".join(str(outcome.duration_ms) for _, outcome in items),
@@ -681,18 +707,11 @@ class JobRepository:
     def _complete_one_time_stmt(self) -> Any:
         """The COMPLETE transition of ``finish`` for a one-time job, for many rows at once."""
         text = sa.Text
-
-        def column(name: str, item: Any) -> Any:
-            lines = sa.func.string_to_array(
-                sa.bindparam(name, type_=text), sa.func.chr(10), type_=postgresql.ARRAY(text)
-            )
-            return lines if item is text else sa.cast(lines, postgresql.ARRAY(item))
-
         done = (
             sa.func.unnest(
-                column("keys", text),
-                column("leases", postgresql.UUID(as_uuid=True)),
-                column("durations", sa.BigInteger),
+                lines_column("keys", text),
+                lines_column("leases", postgresql.UUID(as_uuid=True)),
+                lines_column("durations", sa.BigInteger),
             )
             .table_valued(
                 sa.column("key", text),

@@ -46,6 +46,7 @@ from .repository import (
     JobRepository,
     OneTimeSpec,
     Outcome,
+    new_key,
     shares_one_statement,
 )
 from .states import JobStatus, JobType
@@ -67,6 +68,7 @@ from .workers import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 _UNDEFINED_TABLE = "42P01"
+_UNIQUE_VIOLATION = "23505"
 
 #: At most one "database unavailable" line per service per this many seconds.
 DB_ERROR_LOG_SECONDS = 10.0
@@ -285,8 +287,9 @@ class Scheduler:
         if session is not None:
             return self.repository(session).insert_one_time(spec)
         self._ensure_schema()
-        with self.autocommit() as repo:  # one statement: the insert and its NOTIFY
-            return repo.insert_one_time(spec)
+        key = new_key(spec.name)
+        self._insert(lambda repo: [repo.insert_one_time(spec, key=key)], [key])
+        return key
 
     def enqueue_many(
         self,
@@ -303,8 +306,33 @@ class Scheduler:
         if session is not None:
             return self.repository(session).insert_many(specs)
         self._ensure_schema()
-        with self.autocommit() as repo:  # one statement: the insert and its NOTIFY
-            return repo.insert_many(specs)
+        keys = [new_key(spec.name) for spec in specs]
+        return self._insert(lambda repo: repo.insert_many(specs, keys=keys), keys)
+
+    def _insert(self, insert: Callable[[JobRepository], list[str]], keys: list[str]) -> list[str]:
+        """Run an enqueue's one statement (the insert and its NOTIFY) in autocommit, on the kept
+        enqueue connection when it is free.
+
+        A connection can die between two enqueues (a restart, a terminated backend) without its
+        socket showing it yet. The statement is then sent once more, on a fresh connection, with
+        the same keys: if the first one did commit before the connection died, the second
+        meets its own rows (a duplicate key) and the enqueue has happened exactly once."""
+        try:
+            with self.autocommit(self.enqueue_connection) as repo:
+                return insert(repo)
+        except (DatabaseUnavailableError, sa.exc.InterfaceError, OSError) as exc:
+            self.log.debug(
+                "enqueue failed (%s); sending it again on a new connection",
+                exc,
+                extra={"event": "job.enqueue_retried"},
+            )
+        try:
+            with self.autocommit() as repo:
+                return insert(repo)
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate_key(exc, self.names):
+                raise
+            return keys
 
     def get_job(self, key: str) -> JobRecord | None:
         """The job row with this key, or None."""
@@ -715,6 +743,11 @@ def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
     if code is None and orig is not None and orig.args and isinstance(orig.args[0], dict):
         code = orig.args[0].get("C")  # pg8000
     return code
+
+
+def is_duplicate_key(exc: sa.exc.DBAPIError, names: Names) -> bool:
+    """Whether ``exc`` is a unique violation of the jobs table's primary key."""
+    return _sqlstate(exc) == _UNIQUE_VIOLATION and names.job("pkey") in str(exc.orig)
 
 
 def _first_line(exc: BaseException) -> str:
