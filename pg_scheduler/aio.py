@@ -47,10 +47,11 @@ from .jobs import FunctionJob, Job, JobConfig
 from .models import Models, build_models
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
-from .repository import CancelResult, JobRepository
+from .repository import CancelResult, JobRepository, new_key
 from .scheduler import (
     DatabaseErrors,
     OutageRetry,
+    is_duplicate_key,
     make_node_id,
     translate_error,
     unavailable,
@@ -285,8 +286,9 @@ class AsyncScheduler:
         if session is not None:
             return await session.run_sync(lambda s: self.repository(s).insert_one_time(spec))
         await self._ensure_schema()
-        # One statement (the insert and its NOTIFY): autocommit.
-        return await self.transaction(lambda repo: repo.insert_one_time(spec), autocommit=True)
+        key = new_key(spec.name)
+        await self._insert(lambda repo: [repo.insert_one_time(spec, key=key)], [key])
+        return key
 
     async def enqueue_many(
         self,
@@ -302,7 +304,28 @@ class AsyncScheduler:
         if session is not None:
             return await session.run_sync(lambda s: self.repository(s).insert_many(specs))
         await self._ensure_schema()
-        return await self.transaction(lambda repo: repo.insert_many(specs), autocommit=True)
+        keys = [new_key(spec.name) for spec in specs]
+        return await self._insert(lambda repo: repo.insert_many(specs, keys=keys), keys)
+
+    async def _insert(
+        self, insert: Callable[[JobRepository], list[str]], keys: list[str]
+    ) -> list[str]:
+        """An enqueue's one statement in autocommit, sent once more with the same keys if the
+        connection turned out dead (see ``Scheduler._insert``: exactly once either way)."""
+        try:
+            return await self.transaction(insert, autocommit=True)
+        except (DatabaseUnavailableError, sa.exc.InterfaceError) as exc:
+            self.log.debug(
+                "enqueue failed (%s); sending it again on a new connection",
+                exc,
+                extra={"event": "job.enqueue_retried"},
+            )
+        try:
+            return await self.transaction(insert, autocommit=True)
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate_key(exc, self.names):
+                raise
+            return keys
 
     async def get_job(self, key: str) -> JobRecord | None:
         """The job row with this key, or None."""

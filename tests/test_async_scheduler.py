@@ -726,8 +726,6 @@ class Noop(Job):
         return None
 
 
-# Embedded pass only: over TCP on PG 15 an immediate reuse after the kill intermittently surfaces a reset (see the issue note).
-@pytest.mark.slow
 @pytest.mark.owner_only
 def test_the_node_survives_terminated_backends(
     async_url: str, names: Names, engine: sa.Engine
