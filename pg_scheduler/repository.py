@@ -546,9 +546,13 @@ class JobRepository:
         if not held:
             return set()
         j = self.jobs.c
+        mine = (j.lease_id.in_(held), j.node_id == node_id, j.status == JobStatus.RUNNING.value)
+        # Lock the rows in key order, as the grouped completions do (they send their rows sorted
+        # by key): two statements that lock the same rows in different orders can deadlock.
+        locked = sa.select(j.key).where(*mine).order_by(j.key).with_for_update().cte("locked")
         stmt = (
             sa.update(self.jobs)
-            .where(j.lease_id.in_(held), j.node_id == node_id, j.status == JobStatus.RUNNING.value)
+            .where(j.key == locked.c.key, *mine)
             .values(heartbeat_at=now())
             .returning(j.lease_id)
         )
@@ -667,6 +671,8 @@ class JobRepository:
         return [result for result in results if result is not None]
 
     def _complete_one_time(self, items: list[tuple[ClaimedJob, Outcome]]) -> list[FinishResult]:
+        results_order = items
+        items = sorted(items, key=lambda item: item[0].key)  # lock order: see ``heartbeat``
         keys = [claimed.key for claimed, _ in items]
         statement = self._prebuilt("complete_one_time", self._complete_one_time_stmt)
         rows = self._execute(
@@ -686,7 +692,7 @@ class JobRepository:
             # of a write whose COMMIT landed before the connection died; the run row tells which.
             r = self.runs.c
             recorded = {
-                uuid.UUID(str(row[0]))
+                row[0]
                 for row in self._execute(
                     sa.select(r.lease_id).where(
                         r.lease_id.in_(missing), r.status == RunStatus.COMPLETED.value
@@ -701,7 +707,7 @@ class JobRepository:
             else again
             if claimed.lease_id in recorded
             else FinishResult(False)
-            for claimed, _ in items
+            for claimed, _ in results_order
         ]
 
     def _complete_one_time_stmt(self) -> Any:
