@@ -152,9 +152,9 @@ class JobRunRow(TablePrefixMixin):
             sa.UniqueConstraint("lease_id", name=n.run("lease_uq")),
             # Tick identity is data: the same attempt of the same tick can be recorded only once,
             # whatever the nodes believe.
+            # Also the index of a job's history, newest first (the tick, then the attempt). No
+            # other index: each is written twice per attempt (the claim, the outcome).
             sa.UniqueConstraint("job_key", "scheduled_at", "attempt", name=n.run("tick_uq")),
-            sa.Index(n.run("job_key_ix"), "job_key", "id"),
-            sa.Index(n.run("finished_ix"), "finished_at"),
         )
 
 

@@ -1034,7 +1034,13 @@ class JobRepository:
         deleted = self._execute(sa.delete(self.jobs).where(j.key.in_(old_jobs)).returning(j.key))
         count = len(deleted.all())
         old_runs = (
-            sa.select(r.id).where(r.finished_at < now() - retention).limit(limit).scalar_subquery()
+            sa.select(r.id)
+            .where(r.finished_at < now() - retention)
+            # The oldest runs first, along the primary key: runs are numbered as they start, so
+            # the scan meets the runs to prune first (there is no index on finished_at).
+            .order_by(r.id)
+            .limit(limit)
+            .scalar_subquery()
         )
         self._execute(sa.delete(self.runs).where(r.id.in_(old_runs)))
         return count
@@ -1139,7 +1145,13 @@ class JobRepository:
 
     def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
         r = self.runs.c
-        stmt = sa.select(self.runs).where(r.job_key == key).order_by(r.id.desc()).limit(limit)
+        stmt = (
+            sa.select(self.runs)
+            .where(r.job_key == key)
+            # Newest first, in the order of the tick_uq index (a run's id follows the same order).
+            .order_by(r.scheduled_at.desc(), r.attempt.desc())
+            .limit(limit)
+        )
         return [RunRecord.from_row(row) for row in self._execute(stmt).mappings()]
 
     def count_by_status(self) -> dict[str, int]:

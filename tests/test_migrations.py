@@ -27,6 +27,7 @@ from pg_scheduler import migrations
 from pg_scheduler.errors import SchemaNotInstalledError, SchemaVersionMismatchError
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import MAX_PREFIX_LENGTH, Names
+from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import TestServer, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,6 +192,29 @@ def test_upgrade_downgrade_upgrade_round_trip(
     migrations.check_schema(bind, names)
 
 
+def test_an_installation_of_the_first_revision_upgrades_with_its_data(
+    engine: sa.Engine, cleanup: Callable[[Names], Names]
+) -> None:
+    names = cleanup(Names(unique("r") + "_"))
+    migrations.upgrade(engine, names=names, revision="pgs_0001")
+    dropped = {names.run("job_key_ix"), names.run("finished_ix")}
+    assert dropped <= catalog_names(engine, names)
+    models = build_models(names)
+    with engine.begin() as conn:
+        JobRepository(conn, models).insert_one_time(OneTimeSpec("kept"), key="kept#1")
+    assert not migrations.is_up_to_date(engine, names=names)
+
+    migrations.upgrade(engine, names=names)
+    assert migrations.current(engine, names=names) == "pgs_0002" == migrations.head()
+    assert not dropped & catalog_names(engine, names)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(models.jobs.c.key)).scalars().all() == ["kept#1"]
+
+    migrations.downgrade(engine, names=names, revision="pgs_0001")
+    assert dropped <= catalog_names(engine, names)
+    assert migrations.current(engine, names=names) == "pgs_0001"
+
+
 def test_prefixes_coexist_in_one_schema(search_path_engine: sa.Engine) -> None:
     # "" and "pg_scheduler_" once shared a version table; "b_" is an ordinary neighbour.
     installs = [Names(""), Names("pg_scheduler_"), Names("b_")]
@@ -317,7 +341,8 @@ def test_the_revisions_are_found_from_this_install() -> None:
     location = Path(migrations.script_location())
     assert (location / "env.py").is_file()
     assert (location / "versions" / "pgs_0001_initial.py").is_file()
-    assert migrations.head() == "pgs_0001"
+    assert (location / "versions" / "pgs_0002_lighter_run_history.py").is_file()
+    assert migrations.head() == "pgs_0002"
 
 
 # ---------------------------------------------------------------- models == migrations
@@ -480,6 +505,8 @@ def test_offline_sql_creates_the_schema_first_and_names_only_this_installation()
     assert sql.index("CREATE TABLE offline_jobs.off_scheduled_jobs") > create_version
     assert "CREATE INDEX off_scheduled_jobs_due_ix ON offline_jobs.off_scheduled_jobs" in sql
     assert "INSERT INTO offline_jobs.off_alembic_version (version_num) VALUES ('pgs_0001')" in sql
+    assert "DROP INDEX offline_jobs.off_job_runs_job_key_ix" in sql  # the second revision
+    assert "SET version_num='pgs_0002' WHERE" in sql
     assert sql.rstrip().endswith("COMMIT;")
     tokens = our_tokens(sql)
     assert tokens <= set(names.identifiers())
@@ -527,7 +554,7 @@ def test_alembic_command_line_in_the_repository(
 
     alembic("upgrade", "head")
     assert migrations.current(engine, names=names) == migrations.head()
-    assert "pgs_0001 (head)" in alembic("current")
+    assert "pgs_0002 (head)" in alembic("current")
     alembic("downgrade", "base")
     assert migrations.current(engine, names=names) is None
     assert installed_tables(engine, names) == set()
@@ -612,6 +639,7 @@ def test_the_wheel_ships_the_alembic_environment(wheel: Path) -> None:
         "pg_scheduler/_alembic/env.py",
         "pg_scheduler/_alembic/script.py.mako",
         "pg_scheduler/_alembic/versions/pgs_0001_initial.py",
+        "pg_scheduler/_alembic/versions/pgs_0002_lighter_run_history.py",
         "pg_scheduler/py.typed",
         "pg_scheduler/migrations.py",
     ):
