@@ -172,6 +172,20 @@ class Job:
         turn a success into a failure."""
 
     @functools.cached_property
+    def has_init(self) -> bool:
+        """Whether ``init`` does anything (the base class's does not: no call on every run)."""
+        return getattr(type(self).init, "__code__", None) is not Job.init.__code__ or (
+            "init" in vars(self)
+        )
+
+    @functools.cached_property
+    def has_shutdown(self) -> bool:
+        """Whether ``shutdown`` does anything (as ``has_init``)."""
+        return getattr(type(self).shutdown, "__code__", None) is not Job.shutdown.__code__ or (
+            "shutdown" in vars(self)
+        )
+
+    @functools.cached_property
     def is_async(self) -> bool:
         """Whether a hook is ``async def`` (asked on every run: worked out once)."""
         return any(is_async_callable(getattr(self, hook)) for hook in ("init", "run", "shutdown"))

@@ -514,12 +514,13 @@ class Scheduler:
         try:
             outcome = misfire_outcome(claimed)
             if outcome is None:
-                self.log.debug(
-                    "job %r attempt %d started",
-                    claimed.key,
-                    ctx.attempt,
-                    extra={"event": "job.claimed", "job_key": claimed.key},
-                )
+                if self.log.isEnabledFor(logging.DEBUG):
+                    self.log.debug(
+                        "job %r attempt %d started",
+                        claimed.key,
+                        ctx.attempt,
+                        extra={"event": "job.claimed", "job_key": claimed.key},
+                    )
                 started = time.monotonic()
                 loop = self._event_loop() if running.job.is_async else None
                 error = execute(running, loop)
@@ -533,9 +534,9 @@ class Scheduler:
                 self._done(running)
 
     def _done(self, running: RunningJob) -> None:
-        """The attempt's outcome is written (or given up): the lease leaves the node."""
+        """The attempt's outcome is written (or given up): the lease leaves the node. (Its slot
+        was freed, and the poller woken, when its code ended.)"""
         self.inflight.remove(running.lease_id)
-        self.poller.wake()
 
     def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the

@@ -238,15 +238,17 @@ def execute(running: RunningJob, loop: EventLoopThread | None) -> BaseException 
     job, ctx = running.job, running.ctx
     error: BaseException | None = None
     try:
-        call_hook(job.init, ctx, loop)
+        if job.has_init:
+            call_hook(job.init, ctx, loop)
         call_hook(job.run, ctx, loop)
     except BaseException as exc:
         error = exc
     finally:
-        try:
-            call_hook(job.shutdown, ctx, loop)
-        except BaseException as exc:
-            shutdown_hook_failed(ctx, exc)
+        if job.has_shutdown:
+            try:
+                call_hook(job.shutdown, ctx, loop)
+            except BaseException as exc:
+                shutdown_hook_failed(ctx, exc)
     return error
 
 
