@@ -82,7 +82,7 @@ class AsyncPoller(_Service):
     async def run_once(self) -> PollResult:
         """Claim as many due jobs as there are free slots and start them."""
         s = self.scheduler
-        free = s.config.max_concurrent_jobs - s.inflight.busy()  # jobs still in their code
+        free = s.inflight.free_slots(s.config.max_concurrent_jobs)  # jobs still in their code
         names = s.registered_names()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)

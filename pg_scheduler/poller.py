@@ -52,7 +52,7 @@ class Poller:
         s = self.scheduler
         # A job whose code has ended no longer takes a slot while its outcome is being written:
         # the next claim overlaps that write instead of waiting for it.
-        free = s.config.max_concurrent_jobs - s.inflight.busy()
+        free = s.inflight.free_slots(s.config.max_concurrent_jobs)
         names = s.registered_names()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
@@ -110,7 +110,7 @@ class Poller:
         s = self.scheduler
         enough = max(1, s.config.max_concurrent_jobs // 2)
         deadline = time.monotonic() + GATHER_SECONDS
-        while s.config.max_concurrent_jobs - s.inflight.busy() < enough:
+        while s.inflight.free_slots(s.config.max_concurrent_jobs) < enough:
             if time.monotonic() >= deadline or self._stop.is_set():
                 return
             time.sleep(GATHER_STEP_SECONDS)

@@ -535,8 +535,10 @@ class Scheduler:
 
     def _done(self, running: RunningJob) -> None:
         """The attempt's outcome is written (or given up): the lease leaves the node. (Its slot
-        was freed, and the poller woken, when its code ended.)"""
+        was freed when its code ended; a node holding ``2 * max_concurrent_jobs`` leases waits
+        for this to claim again.)"""
         self.inflight.remove(running.lease_id)
+        self.poller.wake()
 
     def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the

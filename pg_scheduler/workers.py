@@ -107,6 +107,15 @@ class Inflight:
         with self._cond:
             return sum(1 for running in self._jobs.values() if not running.code_ended)
 
+    def free_slots(self, cap: int) -> int:
+        """How many more jobs may be claimed under ``cap`` (``max_concurrent_jobs``): a job
+        whose code has ended frees its slot at once, while its outcome is still being written;
+        but the node never holds more than ``2 * cap`` leases (jobs running, or waiting for
+        their outcome write), so a slow database cannot make it claim without bound."""
+        with self._cond:
+            busy = sum(1 for running in self._jobs.values() if not running.code_ended)
+            return max(0, min(cap - busy, 2 * cap - len(self._jobs)))
+
     def __iter__(self) -> Iterator[RunningJob]:
         return iter(self.snapshot())
 
