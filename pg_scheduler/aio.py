@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -47,7 +47,14 @@ from .jobs import FunctionJob, Job, JobConfig
 from .models import Models, build_models
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .registry import JobRegistry, schedule
-from .repository import CancelResult, JobRepository, new_key
+from .repository import (
+    CancelResult,
+    FinishResult,
+    JobRepository,
+    Outcome,
+    new_key,
+    shares_one_statement,
+)
 from .scheduler import (
     DatabaseErrors,
     OutageRetry,
@@ -504,6 +511,14 @@ class AsyncScheduler:
     def dispatch(self, claimed: ClaimedJob) -> None:
         """Start a claimed job (called by the poller after the claim commits)."""
         self.workers.dispatch(claimed)
+
+    async def write_outcomes(
+        self, items: Sequence[tuple[ClaimedJob, Outcome]]
+    ) -> Sequence[FinishResult]:
+        """Record a group of outcomes (``JobRepository.finish_many``): in autocommit when it is
+        one statement (completed one-time runs), else in one transaction."""
+        simple = all(shares_one_statement(*item) for item in items)
+        return await self.transaction(lambda repo: repo.finish_many(items), autocommit=simple)
 
     async def retry_database(
         self, what: str, fn: Callable[[JobRepository], T], *, holder: RunningJob | None = None

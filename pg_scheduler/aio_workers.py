@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .aio_services import running_loop
 from .jobs import Job, JobContext, is_async_callable
+from .outcomes import AsyncOutcomeWriter
 from .records import ClaimedJob
 from .repository import Outcome
 from .scheduler import lease_lost
@@ -45,6 +46,7 @@ class AsyncWorkers:
         self.scheduler = scheduler
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._pool: WorkerPool | None = None  # started on the first synchronous hook
+        self.outcomes = AsyncOutcomeWriter(scheduler.write_outcomes)
 
     def dispatch(self, claimed: ClaimedJob) -> None:
         s = self.scheduler
@@ -180,9 +182,11 @@ class AsyncWorkers:
                 "release", lambda repo: repo.release(s.node_id, [claimed.lease_id])
             )
             return
-        result = await s.retry_database(
-            "record outcome", lambda repo: repo.finish(claimed, outcome), holder=running
-        )
+        result = await self.outcomes.write(claimed, outcome)
+        if result is None:  # the group write failed: alone, retried while the lease holds
+            result = await s.retry_database(
+                "record outcome", lambda repo: repo.finish(claimed, outcome), holder=running
+            )
         if result is None and lease_lost(running):  # the heartbeat said so while we retried
             report_dropped(s.log, claimed.key)
             return

@@ -10,6 +10,8 @@ statement per few milliseconds instead of one per job, each with its own WAL flu
 and no thread is woken just to learn that its outcome was written. Fencing is unchanged: each row
 is still matched on ``status = 'running' AND lease_id = :its_lease``.
 
+``AsyncOutcomeWriter`` does the same for ``AsyncScheduler``, with a task instead of a thread.
+
 When a group write fails nothing of it was committed: every callback gets ``None``, and the
 scheduler writes that outcome on the single-job path, with that path's retries. One bad row cannot
 hold back the others, and database outages are handled in one place.
@@ -17,9 +19,10 @@ hold back the others, and database outages are handled in one place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from .records import ClaimedJob
 from .repository import FinishResult, Outcome
@@ -81,3 +84,50 @@ class OutcomeWriter:
                 logger.exception(
                     "outcome callback failed", extra={"event": "job.outcome_callback_failed"}
                 )
+
+
+AsyncWriteGroup = Callable[
+    [Sequence[tuple[ClaimedJob, Outcome]]], Awaitable[Sequence[FinishResult]]
+]
+
+
+class AsyncOutcomeWriter:
+    """``OutcomeWriter`` for ``AsyncScheduler``: outcomes that end while a group is being written
+    go in the next group, written by one task on the scheduler's event loop."""
+
+    def __init__(self, write_group: AsyncWriteGroup, *, max_group: int = MAX_GROUP) -> None:
+        self._write_group = write_group
+        self._max_group = max_group
+        self._queue: list[tuple[ClaimedJob, Outcome, asyncio.Future[FinishResult | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def write(self, claimed: ClaimedJob, outcome: Outcome) -> FinishResult | None:
+        """Record ``outcome`` with the others queued now; returns what the write did, or None
+        when the group write failed (nothing of it was committed: write it alone)."""
+        done: asyncio.Future[FinishResult | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((claimed, outcome, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="pg_scheduler:outcomes")
+        # Shielded: a caller cancelled meanwhile does not cancel the group's write.
+        return await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = self._queue[: self._max_group]
+            del self._queue[: self._max_group]
+            results: Sequence[FinishResult | None]
+            try:
+                results = await self._write_group(
+                    [(claimed, outcome) for claimed, outcome, _ in group]
+                )
+            except Exception as exc:
+                logger.debug(
+                    "group write of %d outcomes failed (%s); writing them one by one",
+                    len(group),
+                    exc,
+                    extra={"event": "job.outcome_group_failed"},
+                )
+                results = [None] * len(group)
+            for (_, _, done), result in zip(group, results, strict=True):
+                if not done.done():
+                    done.set_result(result)

@@ -270,6 +270,35 @@ def test_max_concurrent_jobs_caps_async_and_sync_jobs(async_url: str, names: Nam
     assert gauge.total == 6 and gauge.peak == 2
 
 
+def test_outcomes_that_end_together_are_written_together(async_url: str, names: Names) -> None:
+    groups: list[int] = []
+
+    async def main() -> None:
+        async with node(async_url, names, max_concurrent_jobs=20) as s:
+            write_outcomes = s.write_outcomes
+
+            async def counted(items: Any) -> Any:
+                groups.append(len(items))
+                return await write_outcomes(items)
+
+            s.workers.outcomes._write_group = counted
+
+            @s.one_time("quick")
+            async def quick(ctx: JobContext) -> None:
+                return None
+
+            async with s:
+                keys = await s.enqueue_many("quick", [{}] * 20)
+                for k in keys:
+                    await until(has_status(s, k, JobStatus.COMPLETED))
+                for k in keys:
+                    assert [r.status for r in await s.list_runs(k)] == [RunStatus.COMPLETED]
+
+    asyncio.run(main())
+    assert sum(groups) == 20, "every outcome written once"
+    assert len(groups) < 20 and max(groups) > 1, f"grouped writes expected, got {groups}"
+
+
 # ---------------------------------------------------------------------- many nodes, one tick
 
 
