@@ -487,6 +487,23 @@ class AsyncScheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
+    async def run_pending(self, timeout: float = 10.0) -> int:
+        """Claim and run every job due now, then wait for them (outcomes written): a helper for
+        tests and scripts, as ``Scheduler.run_pending``. Returns the number of jobs run."""
+        if self._state != "running":
+            raise SchedulerStateError("start() the scheduler first")
+        total = 0
+        while True:
+            result = await self.poller.run_once()
+            total += result.claimed
+            tasks = set(self.workers.tasks.values())
+            if tasks:
+                _, still_running = await asyncio.wait(tasks, timeout=timeout)
+                if still_running:
+                    raise TimeoutError("jobs still running")
+            if result.claimed < result.free_slots or result.claimed == 0:
+                return total
+
     def spawn(self, coro: Any, what: str = "task") -> None:
         """Run ``coro`` in the background; a failure is logged."""
         task = asyncio.ensure_future(coro)

@@ -270,6 +270,30 @@ def test_max_concurrent_jobs_caps_async_and_sync_jobs(async_url: str, names: Nam
     assert gauge.total == 6 and gauge.peak == 2
 
 
+def test_run_pending_runs_what_is_due_and_returns_when_it_is_written(
+    async_url: str, names: Names
+) -> None:
+    async def main() -> None:
+        settings = {"job_check_interval": dt.timedelta(seconds=60), "listen": False}
+        async with node(async_url, names, **settings) as s:
+            ran: list[int] = []
+
+            @s.one_time("pending_now")
+            async def pending_now(ctx: JobContext) -> None:
+                ran.append(ctx.params["n"])
+
+            with pytest.raises(errors.SchedulerStateError):
+                await s.run_pending()
+            async with s:
+                keys = [await s.enqueue("pending_now", {"n": n}) for n in range(3)]
+                assert await s.run_pending() == 3
+                assert sorted(ran) == [0, 1, 2]
+                assert [await status(s, k) for k in keys] == [JobStatus.COMPLETED] * 3
+                assert await s.run_pending() == 0
+
+    asyncio.run(main())
+
+
 def test_outcomes_that_end_together_are_written_together(async_url: str, names: Names) -> None:
     groups: list[int] = []
 
