@@ -274,7 +274,12 @@ def test_run_pending_runs_what_is_due_and_returns_when_it_is_written(
     async_url: str, names: Names
 ) -> None:
     async def main() -> None:
-        settings = {"job_check_interval": dt.timedelta(seconds=60), "listen": False}
+        # A node that would not look for work by itself for a minute (no LISTEN, no first pass).
+        settings = {
+            "job_check_interval": dt.timedelta(seconds=60),
+            "listen": False,
+            "run_immediately": False,
+        }
         async with node(async_url, names, **settings) as s:
             ran: list[int] = []
 

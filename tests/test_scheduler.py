@@ -268,7 +268,9 @@ def test_run_pending_runs_what_is_due_and_returns_when_it_is_written(
     make_scheduler: Any,
 ) -> None:
     # A node that would not look for work by itself for a minute (no LISTEN, no first pass).
-    s = make_scheduler(job_check_interval=dt.timedelta(seconds=60), listen=False)
+    s = make_scheduler(
+        job_check_interval=dt.timedelta(seconds=60), listen=False, run_immediately=False
+    )
     job = Recording(JobConfig.one_time("pending_now"))
     s.register(job)
     with pytest.raises(errors.SchedulerStateError):
