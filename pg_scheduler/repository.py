@@ -434,7 +434,7 @@ class JobRepository:
         rows = self._execute(
             self._claim_template_for_models(), self._claim_values(node_id, names, limit)
         )
-        for row in rows.all():  # one fetchall: psycopg converts the rows in one call
+        for row in rows:
             record = JobRecord.from_values(row)
             assert record.lease_id is not None
             result.append(ClaimedJob(record, record.lease_id, row[-1]))  # claimed_at
@@ -684,7 +684,7 @@ class JobRepository:
                 "durations": "\n".join(str(outcome.duration_ms) for _, outcome in items),
             },
         )
-        written = set(rows.scalars().all())
+        written = {row[0] for row in rows}
         missing = [claimed.lease_id for claimed, _ in items if claimed.key not in written]
         recorded: set[uuid.UUID] = set()
         if missing:
