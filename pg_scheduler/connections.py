@@ -9,7 +9,9 @@ write run at the same time on a busy node, and the loser used to fall back to th
 A kept connection is checked before each use without a round trip (an idle connection has nothing
 to read, so a readable socket means the server closed it), dropped after any error, and reopened
 on the next use. That is only possible where the driver exposes its socket (psycopg, psycopg2);
-other drivers take a pooled connection each time.
+other drivers take a pooled connection each time. A kept connection is one of the application's
+pooled connections held for good, so none is kept from a pool of fewer than
+``MIN_POOL_SIZE_TO_KEEP`` connections: there every statement checks one out and back in.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ import sqlalchemy as sa
 #: Drivers whose connection's socket can be checked for "closed by the server" without a query.
 _SOCKET_DRIVERS = ("psycopg", "psycopg2")
 
+#: Smallest ``pool_size`` from which connections are kept (a node may keep three).
+MIN_POOL_SIZE_TO_KEEP = 5
+
 
 class KeptConnection:
     """One connection kept for one stream of autocommit statements; used by one thread at a time."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self.enabled = engine.dialect.driver in _SOCKET_DRIVERS
+        self.enabled = engine.dialect.driver in _SOCKET_DRIVERS and pool_can_spare(engine.pool)
         self._lock = threading.Lock()
         self._conn: sa.Connection | None = None
 
@@ -74,6 +79,17 @@ class KeptConnection:
             with contextlib.suppress(Exception):
                 conn.invalidate()
                 conn.close()
+
+
+def pool_can_spare(pool: sa.pool.Pool) -> bool:
+    """Whether holding a connection of ``pool`` for good leaves the application enough: a
+    ``NullPool`` opens a connection per checkout anyway; a ``QueuePool`` needs ``pool_size`` of at
+    least ``MIN_POOL_SIZE_TO_KEEP``; any other pool keeps nothing."""
+    if isinstance(pool, sa.pool.NullPool):
+        return True
+    if isinstance(pool, sa.pool.QueuePool):
+        return pool.size() >= MIN_POOL_SIZE_TO_KEEP
+    return False
 
 
 def idle_and_sound(conn: sa.Connection) -> bool:

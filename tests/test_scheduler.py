@@ -245,6 +245,24 @@ def test_node_survives_terminated_backends(make_scheduler: Any, engine: sa.Engin
         wait_until(lambda: status(s, second) is JobStatus.COMPLETED, timeout=10)
 
 
+@pytest.mark.parametrize(("pool_size", "kept"), [(1, 0), (4, 0), (5, 1)])
+def test_a_small_pool_keeps_no_connection_for_enqueues(
+    pg_scheduler_url: str, names: Names, pool_size: int, kept: int
+) -> None:
+    # A kept connection is one of the application's for good: not from a pool that small.
+    small = sa.create_engine(pg_scheduler_url, pool_size=pool_size, max_overflow=0)
+    try:
+        s = Scheduler(SchedulerConfig(engine=small, table_prefix=names.prefix))
+        s.one_time("counted")(lambda ctx: None)
+        s.enqueue("counted")
+        expected = kept if small.dialect.driver in ("psycopg", "psycopg2") else 0
+        assert small.pool.checkedout() == expected  # type: ignore[attr-defined]
+        s.shutdown()  # a producer that never started gives it back too
+        assert small.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        small.dispose()
+
+
 def test_an_enqueue_sent_twice_is_written_once(make_scheduler: Any) -> None:
     # The connection dies after the insert committed, before the reply: the enqueue is sent
     # again with the same key, meets its own row, and reports success.
