@@ -36,6 +36,18 @@ WriteGroup = Callable[[Sequence[tuple[ClaimedJob, Outcome]]], Sequence[FinishRes
 Written = Callable[[FinishResult | None], None]
 
 
+def group_failed(size: int, exc: Exception) -> list[FinishResult | None]:
+    """A group write failed: nothing of it was committed, so every outcome gets None and is then
+    written alone (and retried) by its caller."""
+    logger.debug(
+        "group write of %d outcomes failed (%s); writing them one by one",
+        size,
+        exc,
+        extra={"event": "job.outcome_group_failed"},
+    )
+    return [None] * size
+
+
 class OutcomeWriter:
     """Group commit of outcomes, led by whichever worker thread finds no write in flight."""
 
@@ -69,14 +81,7 @@ class OutcomeWriter:
         try:
             results = self._write_group([(claimed, outcome) for claimed, outcome, _ in group])
         except Exception as exc:
-            # Nothing was committed; each outcome is written alone (and retried) instead.
-            logger.debug(
-                "group write of %d outcomes failed (%s); writing them one by one",
-                len(group),
-                exc,
-                extra={"event": "job.outcome_group_failed"},
-            )
-            results = [None] * len(group)
+            results = group_failed(len(group), exc)
         for (_, _, written), result in zip(group, results, strict=True):
             try:
                 written(result)
@@ -121,13 +126,7 @@ class AsyncOutcomeWriter:
                     [(claimed, outcome) for claimed, outcome, _ in group]
                 )
             except Exception as exc:
-                logger.debug(
-                    "group write of %d outcomes failed (%s); writing them one by one",
-                    len(group),
-                    exc,
-                    extra={"event": "job.outcome_group_failed"},
-                )
-                results = [None] * len(group)
+                results = group_failed(len(group), exc)
             for (_, _, done), result in zip(group, results, strict=True):
                 if not done.done():
                     done.set_result(result)
