@@ -24,7 +24,6 @@ _DUE_MARGIN_SECONDS = 0.001
 
 #: How long a full node, woken by a freed slot, waits for more slots to free before claiming.
 GATHER_SECONDS = 0.002
-GATHER_STEP_SECONDS = 0.0002
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,17 @@ class Poller:
         s = self.scheduler
         enough = max(1, s.config.max_concurrent_jobs // 2)
         deadline = time.monotonic() + GATHER_SECONDS
-        while s.inflight.free_slots(s.config.max_concurrent_jobs) < enough:
-            if time.monotonic() >= deadline or self._stop.is_set():
+        while True:
+            # Each job whose code ends wakes the poller: clear, then look, then wait.
+            self._wake.clear()
+            left = deadline - time.monotonic()
+            if (
+                s.inflight.free_slots(s.config.max_concurrent_jobs) >= enough
+                or left <= 0
+                or self._stop.is_set()
+            ):
                 return
-            time.sleep(GATHER_STEP_SECONDS)
+            self._wake.wait(left)
 
 
 # ---------------------------------------------------------------------- shared with AsyncScheduler
