@@ -81,7 +81,7 @@ class AsyncWorkers:
                 outcome = attempt_outcome(running, error, duration_ms)
             # As in the threaded scheduler: the slot is free once the code has ended; the lease
             # stays in flight (renewed, fenced, waited for by shutdown) until the outcome is written.
-            running.code_ended = True
+            s.inflight.end_code(running)
             s.poller.wake()
             await self._finish(running, outcome)
         finally:

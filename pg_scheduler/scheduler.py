@@ -526,8 +526,8 @@ class Scheduler:
                 error = execute(running, loop)
                 duration_ms = int((time.monotonic() - started) * 1000)
                 outcome = attempt_outcome(running, error, duration_ms)
-            running.code_ended = True
-            self.poller.wake()  # a slot is free; the lease stays in flight until written
+            self.inflight.end_code(running)
+            self.poller.slot_freed()  # the lease stays in flight until its outcome is written
             handed_over = self._finish(running, outcome)
         finally:
             if not handed_over:
@@ -538,7 +538,7 @@ class Scheduler:
         was freed when its code ended; a node holding ``2 * max_concurrent_jobs`` leases waits
         for this to claim again.)"""
         self.inflight.remove(running.lease_id)
-        self.poller.wake()
+        self.poller.slot_freed()
 
     def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the

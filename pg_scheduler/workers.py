@@ -50,7 +50,7 @@ class RunningJob:
     stop_reason: StopReason | None = None
     code_ended: bool = False
     """The job's code has returned; only its outcome write is left. Its slot is free again, its
-    lease is still held (and renewed) until the outcome is written."""
+    lease is still held (and renewed) until the outcome is written. Set by ``Inflight.end_code``."""
     on_stop: Callable[[], None] | None = field(default=None, repr=False)
     """Called at the first ``stop()``, after ``ctx.cancelled`` is set (AsyncScheduler cancels the
     job's task there)."""
@@ -71,63 +71,89 @@ class RunningJob:
 
 
 class Inflight:
-    """Thread-safe registry of running jobs, with a way to wait for it to drain."""
+    """Thread-safe registry of running jobs, with a way to wait for it to drain.
+
+    It counts the jobs whose code has ended (see ``end_code``), so ``free_slots`` answers without
+    walking the registry: a busy node asks after every job."""
 
     def __init__(self) -> None:
         self._jobs: dict[uuid.UUID, RunningJob] = {}
-        self._cond = threading.Condition()
+        self._code_ended = 0
+        # A plain lock (taken several times per job); the condition only for ``wait_empty``.
+        self._lock = threading.Lock()
+        self._emptied = threading.Condition(self._lock)
+        self._waiting = 0
 
     def add(self, running: RunningJob) -> None:
-        with self._cond:
-            self._jobs[running.lease_id] = running
+        with self._lock:
+            if running.lease_id not in self._jobs:
+                self._jobs[running.lease_id] = running
+                self._code_ended += running.code_ended
+
+    def end_code(self, running: RunningJob) -> None:
+        """``running``'s code has returned: its slot is free, its lease still held until its
+        outcome is written (``remove``)."""
+        with self._lock:
+            if running.code_ended:
+                return
+            running.code_ended = True
+            if self._jobs.get(running.lease_id) is running:
+                self._code_ended += 1
 
     def remove(self, lease_id: uuid.UUID) -> None:
-        with self._cond:
-            self._jobs.pop(lease_id, None)
-            self._cond.notify_all()
+        with self._lock:
+            running = self._jobs.pop(lease_id, None)
+            if running is not None and running.code_ended:
+                self._code_ended -= 1
+            if self._waiting and not self._jobs:
+                self._emptied.notify_all()
 
     def get(self, lease_id: uuid.UUID) -> RunningJob | None:
-        with self._cond:
+        with self._lock:
             return self._jobs.get(lease_id)
 
     def snapshot(self) -> list[RunningJob]:
-        with self._cond:
+        with self._lock:
             return list(self._jobs.values())
 
     def leases(self) -> list[uuid.UUID]:
-        with self._cond:
+        with self._lock:
             return list(self._jobs)
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._jobs)
 
     def busy(self) -> int:
         """Jobs whose code is still running: what counts against ``max_concurrent_jobs``."""
-        with self._cond:
-            return sum(1 for running in self._jobs.values() if not running.code_ended)
+        with self._lock:
+            return len(self._jobs) - self._code_ended
 
     def free_slots(self, cap: int) -> int:
         """How many more jobs may be claimed under ``cap`` (``max_concurrent_jobs``): a job
         whose code has ended frees its slot at once, while its outcome is still being written;
         but the node never holds more than ``2 * cap`` leases (jobs running, or waiting for
         their outcome write), so a slow database cannot make it claim without bound."""
-        with self._cond:
-            busy = sum(1 for running in self._jobs.values() if not running.code_ended)
-            return max(0, min(cap - busy, 2 * cap - len(self._jobs)))
+        with self._lock:
+            held = len(self._jobs)
+            return max(0, min(cap - (held - self._code_ended), 2 * cap - held))
 
     def __iter__(self) -> Iterator[RunningJob]:
         return iter(self.snapshot())
 
     def wait_empty(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._jobs:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+        with self._lock:
+            self._waiting += 1
+            try:
+                while self._jobs:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._emptied.wait(left)
+                return True
+            finally:
+                self._waiting -= 1
 
 
 class WorkerPool:

@@ -21,12 +21,12 @@ def test_a_slot_frees_when_the_code_ends_but_leases_stay_bounded() -> None:
         inflight.add(job)
     assert inflight.free_slots(4) == 0
 
-    jobs[0].code_ended = True  # its outcome is being written: its slot is free already
+    inflight.end_code(jobs[0])  # its outcome is being written: its slot is free already
     assert inflight.free_slots(4) == 1
 
     # More jobs claimed into the freed slots, whose outcomes are not written yet either:
     for job in jobs[1:]:
-        job.code_ended = True
+        inflight.end_code(job)
     more = [lease() for _ in range(4)]
     for job in more:
         inflight.add(job)
@@ -34,5 +34,5 @@ def test_a_slot_frees_when_the_code_ends_but_leases_stay_bounded() -> None:
 
     inflight.remove(jobs[0].lease_id)  # one outcome written
     assert inflight.free_slots(4) == 0, "all four slots run code"
-    more[0].code_ended = True
+    inflight.end_code(more[0])
     assert inflight.free_slots(4) == 1
