@@ -195,6 +195,12 @@ def validate_schema(schema: object) -> str:
     return schema
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+# Names already found valid: an application enqueues the same few names over and over.
+_VALID_JOB_NAMES: set[str] = set()
+_MAX_REMEMBERED = 4096
+
+
 def validate_job_name(name: object) -> str:
     """Return ``name`` if it can name a job, else raise ``InvalidJobNameError``.
 
@@ -204,6 +210,8 @@ def validate_job_name(name: object) -> str:
     """
     if not isinstance(name, str):
         raise InvalidJobNameError(f"job name must be a string, got {type(name).__name__}")
+    if name in _VALID_JOB_NAMES:
+        return name
     if not name.strip():
         raise InvalidJobNameError("job name cannot be empty")
     if len(name) > MAX_JOB_NAME_LENGTH:
@@ -214,11 +222,14 @@ def validate_job_name(name: object) -> str:
         raise InvalidJobNameError(
             f"job name {name!r} contains '#', which separates a one-time job's name from its run id"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if _CONTROL_CHARACTER.search(name):
         raise InvalidJobNameError(f"job name {name!r} contains a control character (NUL, newline…)")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (from a bad decode upstream) cannot be sent to PostgreSQL at all.
         raise InvalidJobNameError(f"job name {name!r} is not valid Unicode text") from None
+    if len(_VALID_JOB_NAMES) >= _MAX_REMEMBERED:
+        _VALID_JOB_NAMES.clear()
+    _VALID_JOB_NAMES.add(name)
     return name

@@ -23,6 +23,8 @@ def encode_params(params: Any, max_bytes: int = DEFAULT_MAX_PARAMS_BYTES) -> str
     (PostgreSQL's jsonb cannot store them), nesting deep enough to exhaust the stack, and documents
     larger than ``max_bytes``. Nothing is written when this raises.
     """
+    if params is None:  # the commonest case, and always valid
+        return "null"
     try:
         text = json.dumps(params, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except TypeError as exc:
@@ -55,3 +57,11 @@ def encode_params(params: Any, max_bytes: int = DEFAULT_MAX_PARAMS_BYTES) -> str
             "job parameters contain a NUL character (\\x00), which PostgreSQL cannot store"
         )
     return text
+
+
+def decode_params(text: str | None) -> Any:
+    """Parameters read back as JSON text (the claim selects them so, on every driver): a job
+    without parameters, the commonest case, costs no JSON parse."""
+    if text is None or text == "null":
+        return None
+    return json.loads(text)

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .params import decode_params
 from .states import JobStatus, JobType, RunStatus
 
 
@@ -58,9 +59,13 @@ class JobRecord:
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobRecord:
         """From the first ``len(JOB_FIELDS)`` values of a row that selected the columns in field
-        order (the claim does: one record per claimed job, on the hot path)."""
-        key, name, job_type, status, *rest = values[:_FIELD_COUNT]
-        return cls(key, name, JobType(job_type), JobStatus(status), *rest)
+        order, ``params`` as JSON text (the claim does: one record per claimed job, on the hot
+        path)."""
+        row = list(values[:_FIELD_COUNT])
+        row[2] = _JOB_TYPES[row[2]]
+        row[3] = _JOB_STATUSES[row[3]]
+        row[_PARAMS_AT] = decode_params(row[_PARAMS_AT])
+        return cls(*row)
 
     @property
     def is_recurring(self) -> bool:
@@ -73,7 +78,11 @@ class JobRecord:
 
 JOB_FIELDS = tuple(JobRecord.__dataclass_fields__)
 _FIELD_COUNT = len(JOB_FIELDS)
-assert JOB_FIELDS[:4] == ("key", "name", "job_type", "status")
+_PARAMS_AT = JOB_FIELDS.index("params")
+assert JOB_FIELDS[2:4] == ("job_type", "status")
+# Looking a value up costs less than calling the enum (the claim does it for every row).
+_JOB_TYPES = {t.value: t for t in JobType}
+_JOB_STATUSES = {s.value: s for s in JobStatus}
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ BAD_NAMES = [
     pytest.param("a#b", id="hash"),
     pytest.param("two\nlines", id="newline"),
     pytest.param("bell\x07", id="control"),
+    pytest.param("del\x7f", id="delete"),
     pytest.param("x" * 201, id="201-chars"),
     pytest.param(None, id="none"),
     pytest.param(42, id="int"),
@@ -221,3 +222,31 @@ def test_json_text_that_only_looks_like_a_nul_is_stored(engine: sa.Engine, model
     with repository(engine, models) as repo:
         job = repo.get(key)
     assert job is not None and job.params == params
+
+
+ROUND_TRIP: list[Any] = [
+    pytest.param(None, id="none"),
+    pytest.param(False, id="false"),
+    pytest.param(0, id="zero"),
+    pytest.param("", id="empty-string"),
+    pytest.param("null", id="the-string-null"),
+    pytest.param([], id="empty-list"),
+    pytest.param({}, id="empty-object"),
+    pytest.param(
+        {"to": "ünïcødé ✓", "n": [1, 2.5, None, True], "deep": {"x": {"y": []}}}, id="nested"
+    ),
+]
+
+
+@pytest.mark.parametrize("params", ROUND_TRIP)
+def test_a_claimed_job_gets_its_params_back(engine: sa.Engine, models: Models, params: Any) -> None:
+    """The claim reads parameters as JSON text and decodes them itself: every JSON value, the
+    falsy ones and a string that reads "null" included, comes back equal."""
+    name = "round_trip"
+    with repository(engine, models) as repo:
+        key = repo.insert_one_time(OneTimeSpec(name, params))
+    with repository(engine, models) as repo:
+        (claimed,) = repo.claim("node-1", [name], 10)
+    assert claimed.key == key
+    assert claimed.job.params == params
+    assert type(claimed.job.params) is type(params)
