@@ -147,10 +147,11 @@ class AsyncScheduler:
 
         async def run() -> T:
             if autocommit:
+                # On the connection itself: an ORM session around one statement cost more than
+                # the statement's round trip.
                 async with self.engine.connect() as conn:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    async with AsyncSession(bind=conn) as session:
-                        return await session.run_sync(lambda ss: fn(self.repository(ss)))
+                    return await conn.run_sync(lambda sync: fn(self.repository(sync)))
             session = (
                 self.session_factory() if connection is None else AsyncSession(bind=connection)
             )
@@ -179,9 +180,9 @@ class AsyncScheduler:
         except OSError as exc:
             raise unavailable(exc, self.engine.url) from exc
 
-    def repository(self, session: Session) -> JobRepository:
-        """A repository on a synchronous ``session`` (inside ``run_sync``; the caller owns its
-        transaction)."""
+    def repository(self, session: Session | sa.Connection) -> JobRepository:
+        """A repository on a synchronous ``session`` or connection (inside ``run_sync``; the
+        caller owns its transaction)."""
         return JobRepository(
             session,
             self.models,
