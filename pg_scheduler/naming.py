@@ -110,7 +110,7 @@ class Names:
     @property
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel that wakes the nodes of this installation."""
-        scope = f"{self.schema}.{self.prefix}" if self.schema else self.prefix
+        scope = f"{self._scope}.{self.prefix}" if self._scope else self.prefix
         name = f"{scope}pg_scheduler"
         if len(name) <= MAX_IDENTIFIER_BYTES:
             return name
@@ -122,7 +122,14 @@ class Names:
     @property
     def advisory_lock_key(self) -> str:
         """Text hashed into the advisory lock that serialises migrations of this installation."""
-        return f"pg_scheduler:{self.schema or ''}:{self.prefix}"
+        return f"pg_scheduler:{self._scope or ''}:{self.prefix}"
+
+    @property
+    def _scope(self) -> str | None:
+        """The schema as the channel and the lock key name it: ``"public"``, PostgreSQL's default
+        schema, is named as no schema at all, so that a node configured with ``schema="public"``
+        and one left on the default search path (the same tables) wake each other."""
+        return None if self.schema == "public" else self.schema
 
     def qualified(self, table: str) -> str:
         """``schema.table`` for messages and logs (never for SQL text)."""

@@ -378,3 +378,12 @@ def test_no_module_builds_sql_from_formatted_text() -> None:
     listen_line = (REPO / "pg_scheduler/notify.py").read_text().splitlines()[allowed[0][1] - 1]
     assert "quote_identifier(" in listen_line
     assert [o for o in offenders if o not in allowed] == []
+
+
+def test_the_public_schema_and_the_default_share_a_channel_and_a_lock() -> None:
+    """``schema="public"`` and no schema address the same tables on a default search path: a
+    producer configured one way must wake nodes configured the other way."""
+    for prefix in ("", "app_"):
+        assert Names(prefix, "public").channel == Names(prefix, None).channel
+        assert Names(prefix, "public").advisory_lock_key == Names(prefix, None).advisory_lock_key
+    assert Names("", "jobs").channel != Names("", None).channel

@@ -225,6 +225,24 @@ def test_notify_wakes_an_idle_node_at_once(make_scheduler: Any) -> None:
         wait_until(lambda: status(s, key) is JobStatus.COMPLETED, timeout=5)
 
 
+def test_a_producer_naming_the_public_schema_wakes_a_node_left_on_the_default(
+    make_scheduler: Any, engine: sa.Engine
+) -> None:
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT current_schema()")).scalar() != "public":
+            pytest.skip("the test tables are not in the public schema")
+    node = make_scheduler(job_check_interval=dt.timedelta(seconds=100), run_immediately=False)
+    producer = make_scheduler(schema="public")
+    node.register(Recording(JobConfig.one_time("wake_public")))
+    with node:
+        wait_until(lambda: node.listener.connected.is_set() or not node.listener.supported)
+        if not node.listener.supported:
+            pytest.skip("this driver has no LISTEN")
+        key = producer.enqueue("wake_public")
+        # Only a notification makes the node look before its 100 s check interval.
+        wait_until(lambda: status(node, key) is JobStatus.COMPLETED, timeout=10)
+
+
 def test_node_survives_terminated_backends(make_scheduler: Any, engine: sa.Engine) -> None:
     s = make_scheduler(job_check_interval=dt.timedelta(seconds=1))
     job = Recording(JobConfig.one_time("after_kill"))
