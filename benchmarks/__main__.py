@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                         traceback.print_exc()
                         value = f"error: {type(exc).__name__}: {exc}"[:300]
                     took = time.monotonic() - began
-                    if isinstance(value, float):
+                    if key in ROUNDED and isinstance(value, float):
                         samples.setdefault(key, {}).setdefault(lib, []).append(value)
                         value = statistics.median(samples[key][lib])
                     results[key][lib] = value

@@ -46,3 +46,38 @@ def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
     assert rows["cron_duplicates"]["values"]["ours"] == 0
     assert rows["statements_per_job"]["values"]["ours"] < 1.0
     assert elapsed < 120, f"the quick run took {elapsed:.0f} s (budget: 60 s on a quiet machine)"
+
+
+def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "ours",
+            "--scenarios",
+            "enqueue_one_by_one",
+            "idle",
+            "--rounds",
+            "3",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    rounds = payload["rounds"]
+    assert set(rounds) == {"enqueue_one_by_one"}, "only the scenarios with a ratio target repeat"
+    samples = rounds["enqueue_one_by_one"]["ours"]
+    assert len(samples) == 3
+    assert payload["results"]["enqueue_one_by_one"]["ours"] == sorted(samples)[1]
+    assert done.stderr.count("[enqueue_one_by_one] ours") == 3
+    assert done.stderr.count("[idle] ours") == 1
