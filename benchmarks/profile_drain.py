@@ -22,6 +22,14 @@ from benchmarks import ours
 from benchmarks.peers import _harness
 
 
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser every ``profile_*`` script starts from: its docstring's first line,
+    and ``--url`` (without it, the script starts its own embedded PostgreSQL; see ``server``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
+    return parser
+
+
 @contextlib.contextmanager
 def server(url: str | None) -> Iterator[str]:
     if url:
@@ -43,10 +51,9 @@ def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
     parser.add_argument("--cprofile", help="write a cProfile dump of the drain to this file")
     args = parser.parse_args(argv)
     n = args.jobs

@@ -11,7 +11,6 @@ left for the server. Starts its own embedded PostgreSQL unless ``--url``.
 
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import server
+from benchmarks.profile_drain import arguments, server
 
 
 def mean_ms(n: int, call: Callable[[], Any]) -> float:
@@ -35,9 +34,8 @@ def mean_ms(n: int, call: Callable[[], Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
     args = parser.parse_args(argv)
     with server(args.url) as dsn, _harness.bench_database(dsn, "enqueue") as db:
         engine = ours.make_engine(db)

@@ -11,23 +11,21 @@ what the code costs. Starts its own embedded PostgreSQL unless ``--url``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import server
+from benchmarks.profile_drain import arguments, server
 from pg_scheduler.workers import RunningJob, attempt_outcome, execute, new_context
 
 BATCH = 32
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--jobs-per-round", type=int, default=800)
-    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
     args = parser.parse_args(argv)
     per_round = args.jobs_per_round
     best: dict[str, float] = {}

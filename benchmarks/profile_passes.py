@@ -11,7 +11,6 @@ CPU or the GIL. Starts its own embedded PostgreSQL unless ``--url``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import server
+from benchmarks.profile_drain import arguments, server
 from pg_scheduler import outcomes, poller, repository, scheduler
 
 # stage -> (started, ended, size) of every call
@@ -62,10 +61,9 @@ def instrument() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
     args = parser.parse_args(argv)
     n = args.jobs
     with server(args.url) as dsn, _harness.bench_database(dsn, "passes") as db:

@@ -10,7 +10,6 @@ and the job starting; prints the median of each stage. Starts its own embedded P
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import server
+from benchmarks.profile_drain import arguments, server
 from pg_scheduler import JobContext
 from pg_scheduler.poller import Poller
 
@@ -27,9 +26,8 @@ STAGES = ("notified", "claim_start", "claimed", "job_started")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--url", help="libpq DSN or SQLAlchemy URL (default: embedded server)")
     args = parser.parse_args(argv)
     marks: dict[str, float] = {}
     started = threading.Event()
