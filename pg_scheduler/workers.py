@@ -124,11 +124,6 @@ class Inflight:
         with self._lock:
             return len(self._jobs)
 
-    def busy(self) -> int:
-        """Jobs whose code is still running: what counts against ``max_concurrent_jobs``."""
-        with self._lock:
-            return len(self._jobs) - self._code_ended
-
     def free_slots(self, cap: int) -> int:
         """How many more jobs may be claimed under ``cap`` (``max_concurrent_jobs``): a job
         whose code has ended frees its slot at once, while its outcome is still being written;
