@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from . import states
+from . import direct, states
 from .config import RetryBackoff
 from .cron import CronSchedule, MisfirePolicy, next_run_after
 from .errors import (
@@ -38,9 +39,6 @@ from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
 from .records import JOB_FIELDS, ClaimedJob, JobRecord, NodeRecord, RunRecord
 from .states import JobStatus, JobType, RunStatus, Transition
 
-#: The claim statement of each installation, built once (see ``JobRepository.claim_statement``).
-_claim_templates: dict[Models, sa.Select[Any]] = {}
-
 #: Error texts are kept, but bounded: a traceback of a deep recursion must not bloat a row.
 MAX_ERROR_LENGTH = 8000
 
@@ -49,6 +47,10 @@ now = sa.func.now
 _S = TypeVar("_S")
 # Statements built once per (purpose, installation); see ``JobRepository._prebuilt``.
 _PREBUILT: dict[tuple[str, Models], Any] = {}
+# Per dialect (one per engine), the prebuilt statements' direct forms (None: not eligible).
+_DIRECT_FORMS: weakref.WeakKeyDictionary[
+    sa.Dialect, dict[tuple[str, Models], direct.DirectStatement | None]
+] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,12 @@ class JobRepository:
         *,
         backoff: RetryBackoff | None = None,
         max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES,
+        direct: bool = False,
     ) -> None:
         self.session = session
+        # ``session`` is one of the scheduler's own autocommit connections: hot statements may go
+        # straight to its cursor (see ``direct``).
+        self.direct = direct and isinstance(session, sa.Connection)
         self.models = models
         self.jobs = models.jobs
         self.runs = models.runs
@@ -193,12 +199,42 @@ class JobRepository:
     def _execute(self, stmt: sa.Executable, params: Any = None) -> sa.Result[Any]:
         return self.session.execute(stmt, params)
 
+    def _execute_rows(
+        self, name: str, build: Callable[[], sa.Executable], values: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Run the prebuilt statement ``name`` (see ``_prebuilt``) with ``values``; its rows.
+        On the scheduler's own autocommit connections it goes straight to the driver's cursor
+        when that changes nothing visible (see ``direct``)."""
+        statement = self._prebuilt(name, build)
+        if self.direct:
+            conn: sa.Connection = self.session  # type: ignore[assignment]
+            if not direct.has_listeners(conn):
+                form = self._direct_form(name, statement, conn.dialect)
+                if form is not None:
+                    return direct.execute(conn, form, values)
+        return self._execute(statement, values).all()
+
+    def _direct_form(
+        self, name: str, statement: sa.Executable, dialect: sa.Dialect
+    ) -> direct.DirectStatement | None:
+        forms = _DIRECT_FORMS.get(dialect)
+        if forms is None:
+            forms = _DIRECT_FORMS.setdefault(dialect, {})
+        key = (name, self.models)
+        if key not in forms:
+            forms[key] = direct.direct_form(statement, dialect)
+        return forms[key]
+
     def _guard(
         self, transition: Transition, *, lease_id: uuid.UUID | sa.ColumnElement[Any] | None = None
     ) -> sa.ColumnElement[bool]:
         """The WHERE clause a transition needs: its source states, and the lease when fenced."""
         j = self.jobs.c
-        clause: sa.ColumnElement[bool] = j.status.in_([s.value for s in transition.source])
+        sources = [s.value for s in transition.source]
+        # One state is compared with "=": an IN list is expanded on every execution.
+        clause: sa.ColumnElement[bool] = (
+            j.status == sources[0] if len(sources) == 1 else j.status.in_(sources)
+        )
         if transition.fenced:
             if lease_id is None:
                 raise ValueError(f"transition {transition.name!r} needs the holder's lease_id")
@@ -314,10 +350,11 @@ class JobRepository:
         given: a caller that may have to send the insert twice draws it first, see
         ``is_duplicate_key``)."""
         values = self._one_time_values(spec, key)
-        insert = self._prebuilt(
-            "insert_one_time", lambda: self._with_notify(self._insert_one_time_stmt())
+        self._execute_rows(
+            "insert_one_time",
+            lambda: self._with_notify(self._insert_one_time_stmt()),
+            {**values, "notify_payload": spec.name},
         )
-        self._execute(insert, {**values, "notify_payload": spec.name})
         return str(values["key"])
 
     def insert_many(
@@ -431,10 +468,10 @@ class JobRepository:
         result: list[ClaimedJob] = []
         # Values go in at execute time: on SQLAlchemy 2.0, values given with .params() do not
         # reach a parameter inside a CTE that an UPDATE-CTE reads.
-        rows = self._execute(
-            self._claim_template_for_models(), self._claim_values(node_id, names, limit)
+        rows = self._execute_rows(
+            "claim", self._claim_template, self._claim_values(node_id, names, limit)
         )
-        for row in rows.all():  # one fetchall: psycopg loads the rows in one call
+        for row in rows:
             record = JobRecord.from_values(row)
             assert record.lease_id is not None
             result.append(ClaimedJob(record, record.lease_id, row[-1]))  # claimed_at
@@ -449,10 +486,7 @@ class JobRepository:
         return self._claim_template_for_models().params(**self._claim_values(node_id, names, limit))
 
     def _claim_template_for_models(self) -> sa.Select[Any]:
-        template = _claim_templates.get(self.models)
-        if template is None:
-            template = _claim_templates.setdefault(self.models, self._claim_template())
-        return template
+        return self._prebuilt("claim", self._claim_template)
 
     @staticmethod
     def _claim_values(node_id: str, names: Sequence[str], limit: int) -> dict[str, Any]:
@@ -679,9 +713,9 @@ class JobRepository:
         results_order = items
         items = sorted(items, key=lambda item: item[0].key)  # lock order: see ``heartbeat``
         keys = [claimed.key for claimed, _ in items]
-        statement = self._prebuilt("complete_one_time", self._complete_one_time_stmt)
-        rows = self._execute(
-            statement,
+        rows = self._execute_rows(
+            "complete_one_time",
+            self._complete_one_time_stmt,
             {
                 # One text value per column (see ``lines_column``).
                 "keys": "\n".join(keys),
@@ -689,7 +723,7 @@ class JobRepository:
                 "durations": "\n".join(str(outcome.duration_ms) for _, outcome in items),
             },
         )
-        lines = rows.scalar()
+        lines = rows[0][0] if rows else None
         written = set(lines.split("\n")) if lines else set()
         missing = [claimed.lease_id for claimed, _ in items if claimed.key not in written]
         recorded: set[uuid.UUID] = set()

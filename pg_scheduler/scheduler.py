@@ -157,7 +157,7 @@ class Scheduler:
                 # end with the first statement.
                 dbapi_connection = conn.connection.dbapi_connection
                 with self.deadlines.guard(dbapi_connection, "an autocommit statement"):
-                    yield self.repository(conn)
+                    yield self.repository(conn, direct=True)
         except sa.exc.DBAPIError as exc:
             error = translate_error(exc, self.names, self.engine.url)
             if error is None:
@@ -171,13 +171,17 @@ class Scheduler:
         for kept in (self.claim_connection, self.outcome_connection, self.enqueue_connection):
             kept.close()
 
-    def repository(self, session: Session | sa.Connection) -> JobRepository:
-        """A repository on ``session`` (the caller owns its transaction)."""
+    def repository(
+        self, session: Session | sa.Connection, *, direct: bool = False
+    ) -> JobRepository:
+        """A repository on ``session`` (the caller owns its transaction). ``direct``: ``session``
+        is one of the scheduler's own autocommit connections (see ``pg_scheduler.direct``)."""
         return JobRepository(
             session,
             self.models,
             backoff=self.config.retry_backoff,
             max_params_bytes=self.config.max_params_bytes,
+            direct=direct,
         )
 
     def name_connection(self, conn: sa.Connection, role: str) -> None:

@@ -1,0 +1,144 @@
+"""The hot statements sent straight to the driver's cursor (``pg_scheduler.direct``).
+
+On psycopg 3 and psycopg2 the enqueue, the claim and the grouped completion skip SQLAlchemy's
+execution machinery on the scheduler's own autocommit connections. These tests hold that this
+changes nothing visible: the same values come back, errors are SQLAlchemy's, a dead connection is
+invalidated, and an application watching its engine's SQL still sees every statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pg_scheduler import Scheduler, direct
+from pg_scheduler.connections import switch_to_autocommit
+from pg_scheduler.models import Models
+from pg_scheduler.repository import JobRepository, OneTimeSpec, Outcome
+from pg_scheduler.states import JobStatus, RunStatus
+
+NODE = "direct-test:1:0badcafe"
+PARAMS = {"n": 1, "nested": {"list": [1, "two", None, True]}, "text": "50% off"}
+
+
+def named_parameters(engine: sa.Engine) -> bool:
+    return engine.dialect.paramstyle == "pyformat"
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement sent through ``direct.execute``."""
+    sent: list[str] = []
+    real = direct.execute
+
+    def execute(conn: sa.Connection, statement: direct.DirectStatement, values: Any) -> Any:
+        sent.append(statement.sql)
+        return real(conn, statement, values)
+
+    monkeypatch.setattr(direct, "execute", execute)
+    return sent
+
+
+@pytest.fixture
+def autocommit_conn(engine: sa.Engine) -> Iterator[sa.Connection]:
+    with engine.connect() as conn:
+        switch_to_autocommit(conn)
+        yield conn
+
+
+def test_hot_statements_have_a_direct_form(engine: sa.Engine, models: Models) -> None:
+    repo = JobRepository(None, models)  # type: ignore[arg-type]  # building only
+    statements = {
+        "enqueue": repo._with_notify(repo._insert_one_time_stmt()),
+        "claim": repo._claim_template(),
+        "complete": repo._complete_one_time_stmt(),
+    }
+    for name, statement in statements.items():
+        form = direct.direct_form(statement, engine.dialect)
+        if named_parameters(engine):
+            assert form is not None, name
+            assert "POSTCOMPILE" not in form.sql
+        else:  # pg8000 takes positional parameters: always SQLAlchemy's path
+            assert form is None, name
+
+
+def test_statements_that_need_sqlalchemy_stay_with_it(engine: sa.Engine, models: Models) -> None:
+    jobs = models.jobs
+    expanding = sa.select(jobs.c.key).where(jobs.c.status.in_(["pending", "running"]))
+    assert direct.direct_form(expanding, engine.dialect) is None
+
+
+def test_claim_returns_what_sqlalchemy_returns(
+    engine: sa.Engine, models: Models, autocommit_conn: sa.Connection, spy: list[str]
+) -> None:
+    direct_repo = JobRepository(autocommit_conn, models, direct=True)
+    key = direct_repo.insert_one_time(OneTimeSpec("direct.job", PARAMS, 2, None))
+    claimed = direct_repo.claim(NODE, ["direct.job"], 5)
+    assert [c.key for c in claimed] == [key]
+    # The same row read through SQLAlchemy's ORM-free Core path, after the claim.
+    with engine.connect() as conn:
+        record = JobRepository(conn, models).get(key)
+    assert record is not None
+    assert claimed[0].job == record
+    assert claimed[0].job.params == PARAMS
+    assert isinstance(claimed[0].lease_id, type(record.lease_id))
+    assert isinstance(claimed[0].claimed_at, dt.datetime)
+    assert claimed[0].claimed_at.tzinfo is not None
+
+    [result] = direct_repo.finish_many([(claimed[0], Outcome(RunStatus.COMPLETED, 7))])
+    assert result.applied and result.status is JobStatus.COMPLETED
+    with engine.connect() as conn:
+        done = JobRepository(conn, models).get(key)
+    assert done is not None and done.status is JobStatus.COMPLETED
+    assert done.execution_time_ms == 7
+    # Enqueue, claim and completion went straight to the cursor where the driver allows it.
+    assert len(spy) == (3 if named_parameters(engine) else 0)
+
+
+def test_errors_are_sqlalchemy_errors(
+    models: Models, autocommit_conn: sa.Connection, spy: list[str]
+) -> None:
+    repo = JobRepository(autocommit_conn, models, direct=True)
+    key = repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None))
+    with pytest.raises(sa.exc.IntegrityError):
+        repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None), key=key)
+    # The connection is still good (autocommit: nothing was left open).
+    assert repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None)) != key
+    assert len(spy) == (3 if named_parameters(autocommit_conn.engine) else 0)
+
+
+def test_a_dead_connection_is_invalidated(
+    models: Models, owner_engine: sa.Engine, autocommit_conn: sa.Connection
+) -> None:
+    repo = JobRepository(autocommit_conn, models, direct=True)
+    repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None))  # warm: the form is built
+    pid = autocommit_conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with owner_engine.connect() as admin:
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None))
+    assert raised.value.connection_invalidated
+    assert autocommit_conn.invalidated
+
+
+def test_an_application_watching_its_sql_sees_every_statement(
+    make_scheduler: Any, engine: sa.Engine, spy: list[str]
+) -> None:
+    seen: list[str] = []
+
+    def watch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", watch)
+    try:
+        scheduler: Scheduler = make_scheduler()
+        scheduler.one_time("direct.job")(lambda ctx: None)
+        scheduler.enqueue("direct.job", PARAMS)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", watch)
+    assert any("INSERT INTO" in statement for statement in seen)
+    assert spy == []
