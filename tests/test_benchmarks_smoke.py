@@ -81,3 +81,25 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
     assert payload["results"]["enqueue_one_by_one"]["ours"] == sorted(samples)[1]
     assert done.stderr.count("[enqueue_one_by_one] ours") == 3
     assert done.stderr.count("[idle] ours") == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "expected"),
+    [
+        ("profile_enqueue", ["--n", "20"], "Scheduler.enqueue"),
+        ("profile_insert_cost", ["--n", "20", "--rounds", "1"], "no CHECK"),
+        ("profile_hot_path", ["--rounds", "1", "--jobs-per-round", "64"], "in all"),
+    ],
+)
+def test_profile_scripts_run(script: str, arguments: list[str], expected: str) -> None:
+    """The profile scripts RESULTS.md quotes still run (each on its own embedded server)."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{script}", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert expected in done.stdout

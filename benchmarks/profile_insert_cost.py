@@ -1,0 +1,102 @@
+"""What the server's side of one enqueue costs, table feature by table feature.
+
+    python -m benchmarks.profile_insert_cost --n 2000 --rounds 4
+
+Sends the INSERT that ``Scheduler.enqueue`` sends (without its NOTIFY) through raw psycopg in
+autocommit, one durable commit each, into copies of the jobs table that differ in one thing: the
+table as installed; no CHECK constraints; only the four DESIGN.md asks for (status, lease, cron,
+next run); all eight merged into one; ``key`` and ``name`` in the "C" collation. Prints the mean
+time per INSERT of each, round after round (the VM's speed drifts: compare within a round).
+Starts its own embedded PostgreSQL unless ``--url``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+
+import pg_scheduler
+from benchmarks import ours
+from benchmarks.peers import _harness
+from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_enqueue import mean_ms
+
+TABLE = ours.JOBS_TABLE
+DESIGN_CHECKS = ("status", "lease", "cron", "next_run")
+
+
+def copies(raw: psycopg.Connection[Any]) -> dict[str, str]:
+    """Create the copies; returns label -> table name."""
+    checks = raw.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = %s::regclass AND contype = 'c' ORDER BY conname",
+        (TABLE,),
+    ).fetchall()
+    like = f"(LIKE {TABLE} INCLUDING DEFAULTS INCLUDING INDEXES)"
+    raw.execute(f"CREATE TABLE cost_no_checks {like}")
+    raw.execute(f"CREATE TABLE cost_design_checks {like}")
+    for name, definition in checks:
+        if any(f"_{word}_ck" in name for word in DESIGN_CHECKS):
+            raw.execute(f"ALTER TABLE cost_design_checks ADD CONSTRAINT c_{name} {definition}")
+    raw.execute(f"CREATE TABLE cost_merged {like}")
+    merged = " AND ".join(f"({definition.removeprefix('CHECK ')})" for _, definition in checks)
+    raw.execute(f"ALTER TABLE cost_merged ADD CONSTRAINT cost_merged_ck CHECK ({merged})")
+    raw.execute(f"CREATE TABLE cost_c_collation (LIKE {TABLE} INCLUDING ALL)")
+    raw.execute(
+        'ALTER TABLE cost_c_collation ALTER COLUMN key TYPE text COLLATE "C",'
+        ' ALTER COLUMN name TYPE text COLLATE "C"'
+    )
+    return {
+        "as installed (8 CHECKs)": TABLE,
+        "no CHECK": "cost_no_checks",
+        "DESIGN's 4 CHECKs": "cost_design_checks",
+        "8 CHECKs merged": "cost_merged",
+        'key, name COLLATE "C"': "cost_c_collation",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args(argv)
+    with server(args.url) as dsn, _harness.bench_database(dsn, "insert_cost") as db:
+        engine = ours.make_engine(db)
+        pg_scheduler.migrations.upgrade(engine)
+        scheduler = ours.build_scheduler(engine, 1)
+        sent: list[tuple[str, dict[str, Any]]] = []
+
+        def capture(*event: Any) -> None:
+            sent.append((event[2], dict(event[3])))
+
+        # With a cursor listener the enqueue goes through SQLAlchemy, which hands us its SQL.
+        sa.event.listen(engine, "before_cursor_execute", capture)
+        scheduler.enqueue(ours.NOOP)
+        sa.event.remove(engine, "before_cursor_execute", capture)
+        statement, params = sent[-1]
+        # The INSERT alone: the statement is "WITH written AS (INSERT ...) SELECT pg_notify(...)".
+        written = statement[: statement.rindex("SELECT pg_notify")]
+        insert = written[written.index("(INSERT") + 1 : written.rindex(")")]
+        counter = iter(range(10**9))
+        with psycopg.connect(db, autocommit=True) as raw:
+            tables = copies(raw)
+            print(f"mean ms per durable INSERT, {args.n} per figure:")
+            for round_ in range(args.rounds):
+                figures = []
+                for label, table in tables.items():
+                    sql = insert.replace(f"INTO {TABLE} ", f"INTO {table} ", 1)
+                    ms = mean_ms(
+                        args.n,
+                        lambda sql=sql: raw.execute(sql, {**params, "key": f"k#{next(counter)}"}),
+                    )
+                    figures.append(f"{label} {ms:.3f}")
+                print(f"  round {round_ + 1}: " + ", ".join(figures))
+        scheduler.shutdown()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
