@@ -15,8 +15,9 @@ Only where that changes nothing the application can see:
   as SQLAlchemy applies it);
 * the connection is one of the scheduler's own autocommit connections, so there is no
   SQLAlchemy transaction to keep in step with;
-* the engine has no ``echo`` and no cursor-execute listeners: an application that logs or
-  traces its SQL sees these statements through the usual path (``has_listeners``).
+* the engine's SQL is not logged (no ``echo``, ``sqlalchemy.engine`` below INFO) and has no
+  cursor-execute listeners: an application that logs or traces its SQL sees these statements
+  through the usual path (``has_listeners``).
 
 Errors reach the caller as SQLAlchemy raises them (``DBAPIError.instance``: an
 ``IntegrityError`` is still an ``IntegrityError``), and a connection the dialect finds
@@ -25,6 +26,7 @@ disconnected is invalidated, as SQLAlchemy does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +83,15 @@ def direct_form(statement: sa.Executable, dialect: sa.Dialect) -> DirectStatemen
 
 
 def has_listeners(conn: sa.Connection) -> bool:
-    """Whether the application watches this engine's SQL (``echo``, cursor-execute events)."""
+    """Whether the application watches this engine's SQL: its statements are logged (``echo``,
+    or the ``sqlalchemy.engine`` logger at INFO), or it has cursor-execute listeners."""
     engine = conn.engine
     dispatch = engine.dispatch
-    return bool(engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+    return bool(
+        engine.logger.isEnabledFor(logging.INFO)
+        or dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+    )
 
 
 def execute(

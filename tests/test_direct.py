@@ -9,6 +9,7 @@ invalidated, and an application watching its engine's SQL still sees every state
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,6 +115,8 @@ def test_errors_are_sqlalchemy_errors(
 def test_a_dead_connection_is_invalidated(
     models: Models, owner_engine: sa.Engine, autocommit_conn: sa.Connection
 ) -> None:
+    if not named_parameters(autocommit_conn.engine):
+        pytest.skip("pg8000 takes SQLAlchemy's path, whose disconnect handling is its own")
     repo = JobRepository(autocommit_conn, models, direct=True)
     repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None))  # warm: the form is built
     pid = autocommit_conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
@@ -141,4 +144,16 @@ def test_an_application_watching_its_sql_sees_every_statement(
     finally:
         sa.event.remove(engine, "before_cursor_execute", watch)
     assert any("INSERT INTO" in statement for statement in seen)
+    assert spy == []
+
+
+def test_sql_logging_sees_every_statement(
+    make_scheduler: Any, spy: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQL logging switched on through the logging module rather than ``echo=True``.
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine.Engine")
+    scheduler: Scheduler = make_scheduler()
+    scheduler.one_time("direct.job")(lambda ctx: None)
+    scheduler.enqueue("direct.job", PARAMS)
+    assert any("INSERT INTO" in record.getMessage() for record in caplog.records)
     assert spy == []
