@@ -33,6 +33,24 @@ def mean_ms(n: int, call: Callable[[], Any]) -> float:
     return (time.perf_counter() - started) / n * 1000
 
 
+def enqueue_statement(
+    engine: sa.Engine, scheduler: pg_scheduler.Scheduler
+) -> tuple[str, dict[str, Any]]:
+    """The SQL text and parameters ``scheduler.enqueue`` sends (one no-op job is enqueued). With
+    a cursor listener on the engine the enqueue takes SQLAlchemy's path, which hands them over."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(*event: Any) -> None:
+        sent.append((event[2], dict(event[3])))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        scheduler.enqueue(ours.NOOP)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    return sent[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--n", type=int, default=2000)
@@ -41,15 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = ours.make_engine(db)
         pg_scheduler.migrations.upgrade(engine)
         scheduler = ours.build_scheduler(engine, 1)
-        sent: list[tuple[str, dict[str, Any]]] = []
-
-        def capture(*event: Any) -> None:
-            sent.append((event[2], dict(event[3])))
-
-        sa.event.listen(engine, "before_cursor_execute", capture)
-        scheduler.enqueue(ours.NOOP)
-        sa.event.remove(engine, "before_cursor_execute", capture)
-        statement, params = sent[-1]
+        statement, params = enqueue_statement(engine, scheduler)
 
         def fresh(name: str = ours.NOOP) -> dict[str, Any]:
             return {**params, "key": f"{name}#{uuid.uuid4()}"}

@@ -15,13 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profile_drain import arguments, server
-from benchmarks.profile_enqueue import mean_ms
+from benchmarks.profile_enqueue import enqueue_statement, mean_ms
 
 TABLE = ours.JOBS_TABLE
 DESIGN_CHECKS = ("status", "lease", "cron", "next_run")
@@ -66,16 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = ours.make_engine(db)
         pg_scheduler.migrations.upgrade(engine)
         scheduler = ours.build_scheduler(engine, 1)
-        sent: list[tuple[str, dict[str, Any]]] = []
-
-        def capture(*event: Any) -> None:
-            sent.append((event[2], dict(event[3])))
-
-        # With a cursor listener the enqueue goes through SQLAlchemy, which hands us its SQL.
-        sa.event.listen(engine, "before_cursor_execute", capture)
-        scheduler.enqueue(ours.NOOP)
-        sa.event.remove(engine, "before_cursor_execute", capture)
-        statement, params = sent[-1]
+        statement, params = enqueue_statement(engine, scheduler)
         # The INSERT alone: the statement is "WITH written AS (INSERT ...) SELECT pg_notify(...)".
         written = statement[: statement.rindex("SELECT pg_notify")]
         insert = written[written.index("(INSERT") + 1 : written.rindex(")")]

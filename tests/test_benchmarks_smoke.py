@@ -16,19 +16,25 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    started = time.monotonic()
+def run_module(module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module arguments`` from the repository root; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "ours", "--json", str(out)],
+        [sys.executable, "-m", module, *arguments],
         cwd=ROOT,
         capture_output=True,
         check=False,
         text=True,
         timeout=300,
     )
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    started = time.monotonic()
+    run_module("benchmarks", "--quick", "--only", "ours", "--json", str(out))
+    elapsed = time.monotonic() - started
     payload = json.loads(out.read_text())
     assert payload["libraries"] == ["ours"]
     assert {"nproc", "loadavg_start", "loadavg_end", "postgresql"} <= set(payload["machine"])
@@ -50,29 +56,11 @@ def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
 
 def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--only",
-            "ours",
-            "--scenarios",
-            "enqueue_one_by_one",
-            "idle",
-            "--rounds",
-            "3",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
+    done = run_module(
+        "benchmarks",
+        *("--quick", "--only", "ours", "--scenarios", "enqueue_one_by_one", "idle"),
+        *("--rounds", "3", "--json", str(out)),
     )
-    assert done.returncode == 0, done.stderr[-4000:]
     payload = json.loads(out.read_text())
     rounds = payload["rounds"]
     assert set(rounds) == {"enqueue_one_by_one"}, "only the scenarios with a ratio target repeat"
@@ -93,13 +81,5 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
 )
 def test_profile_scripts_run(script: str, arguments: list[str], expected: str) -> None:
     """The profile scripts RESULTS.md quotes still run (each on its own embedded server)."""
-    done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{script}", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_module(f"benchmarks.{script}", *arguments)
     assert expected in done.stdout
