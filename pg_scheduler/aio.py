@@ -151,7 +151,7 @@ class AsyncScheduler:
                 # the statement's round trip.
                 async with self.engine.connect() as conn:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await conn.run_sync(lambda sync: fn(self.repository(sync)))
+                    return await conn.run_sync(lambda sync: fn(self.repository(sync, direct=True)))
             session = (
                 self.session_factory() if connection is None else AsyncSession(bind=connection)
             )
@@ -180,14 +180,18 @@ class AsyncScheduler:
         except OSError as exc:
             raise unavailable(exc, self.engine.url) from exc
 
-    def repository(self, session: Session | sa.Connection) -> JobRepository:
+    def repository(
+        self, session: Session | sa.Connection, *, direct: bool = False
+    ) -> JobRepository:
         """A repository on a synchronous ``session`` or connection (inside ``run_sync``; the
-        caller owns its transaction)."""
+        caller owns its transaction). ``direct``: ``session`` is one of the scheduler's own
+        autocommit connections (see ``pg_scheduler.direct``)."""
         return JobRepository(
             session,
             self.models,
             backoff=self.config.retry_backoff,
             max_params_bytes=self.config.max_params_bytes,
+            direct=direct,
         )
 
     def database_error(self, service: str, exc: BaseException, *, retry_in: float) -> None:

@@ -1,13 +1,14 @@
 """The hot statements sent straight to the driver's cursor (``pg_scheduler.direct``).
 
-On psycopg 3 and psycopg2 the enqueue, the claim and the grouped completion skip SQLAlchemy's
-execution machinery on the scheduler's own autocommit connections. These tests hold that this
+On psycopg 3 (sync and async) and psycopg2 the enqueue, the claim and the grouped completion
+skip SQLAlchemy's execution machinery on the scheduler's own autocommit connections. These tests hold that this
 changes nothing visible: the same values come back, errors are SQLAlchemy's, a dead connection is
 invalidated, and an application watching its engine's SQL still sees every statement.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ import sqlalchemy as sa
 from pg_scheduler import Scheduler, direct
 from pg_scheduler.connections import switch_to_autocommit
 from pg_scheduler.models import Models
+from pg_scheduler.naming import Names
 from pg_scheduler.repository import JobRepository, OneTimeSpec, Outcome
 from pg_scheduler.states import JobStatus, RunStatus
+from pg_scheduler.testing import TestServer
 
 NODE = "direct-test:1:0badcafe"
 PARAMS = {"n": 1, "nested": {"list": [1, "two", None, True]}, "text": "50% off"}
@@ -157,3 +160,36 @@ def test_sql_logging_sees_every_statement(
     scheduler.enqueue("direct.job", PARAMS)
     assert any("INSERT INTO" in record.getMessage() for record in caplog.records)
     assert spy == []
+
+
+@pytest.mark.parametrize("driver", ["psycopg_async", "asyncpg"])
+def test_async_scheduler_goes_direct_on_psycopg_async(
+    driver: str, pg_scheduler_server: TestServer, names: Names, spy: list[str]
+) -> None:
+    """AsyncScheduler's autocommit statements run inside ``run_sync``: on psycopg async they go
+    straight to the (adapted) cursor too; asyncpg's positional parameters keep SQLAlchemy's path."""
+    from tests.test_async_scheduler import node
+
+    async def main() -> None:
+        settings = {"listen": False, "run_immediately": False}
+        async with node(pg_scheduler_server.url_for(driver), names, **settings) as s:
+            ran: list[Any] = []
+
+            @s.one_time("direct.async")
+            async def job(ctx: Any) -> None:
+                ran.append(ctx.params)
+
+            async with s:
+                key = await s.enqueue("direct.async", PARAMS)
+                assert await s.run_pending() == 1
+                record = await s.get_job(key)
+        assert ran == [PARAMS]
+        assert record is not None and record.status is JobStatus.COMPLETED
+
+    asyncio.run(main())
+    if driver == "asyncpg":
+        assert spy == []
+    else:  # the enqueue, the claim (run_pending may claim again and find nothing), the completion
+        assert any("INSERT INTO" in sql and "pg_notify" in sql for sql in spy)
+        assert any("SKIP LOCKED" in sql for sql in spy)
+        assert any("string_agg" in sql for sql in spy)
