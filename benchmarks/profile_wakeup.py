@@ -15,10 +15,8 @@ import threading
 import time
 from typing import Any
 
-import pg_scheduler
 from benchmarks import ours
-from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profile_drain import arguments, installed
 from pg_scheduler import JobContext
 from pg_scheduler.poller import Poller
 
@@ -47,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Poller.run_once = timed_run_once  # type: ignore[method-assign]
     samples: list[dict[str, float]] = []
-    with server(args.url) as dsn, _harness.bench_database(dsn, "wakeup") as db:
-        engine = ours.make_engine(db, pool_size=8)
-        pg_scheduler.migrations.upgrade(engine)
+    with installed(args.url, "wakeup", pool_size=8) as (_db, engine):
         node = ours.build_scheduler(engine, 32)
         node.one_time("profile_probe")(probe)
         on_notify = node.listener.on_notify
@@ -74,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append({k: (marks[k] - committed) * 1000 for k in STAGES if k in marks})
         finally:
             node.shutdown()
-            engine.dispose()
     print(f"{len(samples)} samples, ms after the enqueue returned (median, p95):")
     for stage in STAGES:
         values = sorted(s[stage] for s in samples if stage in s)
