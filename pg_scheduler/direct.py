@@ -10,9 +10,9 @@ execution sends that SQL text with its values on the DBAPI cursor of the same po
 Only where that changes nothing the application can see:
 
 * the driver takes named parameters as SQLAlchemy renders them (``pyformat``: psycopg 3, also
-  through ``AsyncScheduler``'s ``run_sync``, and psycopg2), no parameter is rendered at execution time (no expanding ``IN``), and no column
-  type converts values on the way out (a parameter type's conversion on the way in is applied,
-  as SQLAlchemy applies it);
+  through ``AsyncScheduler``'s ``run_sync``, and psycopg2), no parameter is rendered at
+  execution time (no expanding ``IN``), and no column type converts values on the way out (a
+  parameter type's conversion on the way in is applied, as SQLAlchemy applies it);
 * the connection is one of the scheduler's own autocommit connections, so there is no
   SQLAlchemy transaction to keep in step with;
 * the engine's SQL is not logged (no ``echo``, ``sqlalchemy.engine`` below INFO) and has no

@@ -483,10 +483,8 @@ class JobRepository:
         The statement's shape is built once per installation and reused with new values: building
         it takes longer than running it (a CTE returning every column), and it runs on every poll.
         """
-        return self._claim_template_for_models().params(**self._claim_values(node_id, names, limit))
-
-    def _claim_template_for_models(self) -> sa.Select[Any]:
-        return self._prebuilt("claim", self._claim_template)
+        template = self._prebuilt("claim", self._claim_template)
+        return template.params(**self._claim_values(node_id, names, limit))
 
     @staticmethod
     def _claim_values(node_id: str, names: Sequence[str], limit: int) -> dict[str, Any]:
