@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import select
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,15 +38,16 @@ class KeptConnection:
         self.enabled = engine.dialect.driver in _SOCKET_DRIVERS and pool_can_spare(engine.pool)
         self._lock = threading.Lock()
         self._conn: sa.Connection | None = None
+        #: Whatever the stream's user built for the current connection (the scheduler keeps its
+        #: repository on it here); forgotten whenever the connection is dropped or closed.
+        self.attached: Any = None
 
-    @contextlib.contextmanager
-    def take(self) -> Iterator[sa.Connection | None]:
-        """The kept connection, sound and in autocommit; ``None`` when another thread is using
-        it (or the driver cannot keep one): take a pooled connection instead. An exception
-        raised inside drops the connection."""
+    def acquire(self) -> sa.Connection | None:
+        """The kept connection, sound and in autocommit, held by the caller until ``release``;
+        ``None`` when another thread is using it (or the driver cannot keep one): take a pooled
+        connection instead (and release nothing)."""
         if not self.enabled or not self._lock.acquire(blocking=False):
-            yield None
-            return
+            return None
         try:
             conn = self._conn
             if conn is not None and not idle_and_sound(conn):
@@ -57,11 +57,17 @@ class KeptConnection:
                 conn = self.engine.connect()
                 switch_to_autocommit(conn)
                 self._conn = conn
-            try:
-                yield conn
-            except BaseException:
+        except BaseException:
+            self._lock.release()
+            raise
+        return conn
+
+    def release(self, *, failed: bool) -> None:
+        """Give back what ``acquire`` returned; ``failed``: something went wrong while it was
+        held, so the connection is dropped."""
+        try:
+            if failed:
                 self._drop()
-                raise
         finally:
             self._lock.release()
 
@@ -69,12 +75,14 @@ class KeptConnection:
         """Give the connection back to the pool (it is reopened on the next use)."""
         with self._lock:
             conn, self._conn = self._conn, None
+            self.attached = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self.attached = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.invalidate()

@@ -45,11 +45,11 @@ class DirectStatement:
     processors: Mapping[str, Callable[[Any], Any]]
 
     def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        params = dict(self.defaults)
-        processors = self.processors
-        for name, value in values.items():
-            process = processors.get(name)
-            params[name] = value if process is None or value is None else process(value)
+        params = {**self.defaults, **values}
+        for name, process in self.processors.items():
+            value = values.get(name)
+            if value is not None:
+                params[name] = process(value)
         return params
 
 
@@ -95,19 +95,27 @@ def has_listeners(conn: sa.Connection) -> bool:
 
 
 def execute(
-    conn: sa.Connection, statement: DirectStatement, values: Mapping[str, Any]
+    conn: sa.Connection,
+    statement: DirectStatement,
+    values: Mapping[str, Any],
+    *,
+    rows: bool = True,
 ) -> Sequence[Sequence[Any]]:
     """Run ``statement`` with ``values`` on ``conn``'s DBAPI cursor; returns its rows (none for a
-    statement that returns no rows)."""
+    statement that returns no rows, or with ``rows=False``: a caller that does not read them
+    saves building them)."""
     params = statement.parameters(values)
-    dbapi_connection: Any = conn.connection.dbapi_connection
+    fairy = conn.connection
+    dbapi_connection: Any = fairy.dbapi_connection
     dialect = conn.dialect
     error_class = dialect.loaded_dbapi.Error
-    cursor = dbapi_connection.cursor()
+    cursor = _cursor(fairy.info, dbapi_connection)
     try:
         cursor.execute(statement.sql, params)
-        rows: Sequence[Sequence[Any]] = cursor.fetchall() if cursor.description is not None else ()
-        return rows
+        if not rows or cursor.description is None:
+            return ()
+        fetched: Sequence[Sequence[Any]] = cursor.fetchall()
+        return fetched
     except error_class as exc:
         disconnected = dialect.is_disconnect(exc, dbapi_connection, cursor)
         if disconnected:
@@ -121,8 +129,20 @@ def execute(
             connection_invalidated=disconnected,
             dialect=dialect,
         ) from exc
-    finally:
-        try:
-            cursor.close()
-        except error_class:  # the connection is gone already: nothing left to release
-            pass
+
+
+#: Where a pooled connection keeps its cursor for these statements (see ``_cursor``).
+_CURSOR_KEY = "pg_scheduler.direct_cursor"
+
+
+def _cursor(info: dict[Any, Any], dbapi_connection: Any) -> Any:
+    """The cursor these statements use on ``dbapi_connection``, opened once and kept in the
+    pool's ``info`` for that DBAPI connection (SQLAlchemy empties it when the connection is
+    closed or invalidated, so a new connection gets a new cursor): opening and closing a cursor
+    per statement cost about as much as the statement's parameters and result together. A
+    connection is used by one thread at a time, and a cursor stays usable after a failed
+    statement."""
+    cursor = info.get(_CURSOR_KEY)
+    if cursor is None:
+        cursor = info[_CURSOR_KEY] = dbapi_connection.cursor()
+    return cursor

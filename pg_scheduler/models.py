@@ -183,9 +183,10 @@ class NodeRow(TablePrefixMixin):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Models:
-    """The mapped classes and tables of one installation."""
+    """The mapped classes and tables of one installation. ``build_models`` makes one per
+    ``Names``, so identity is equality (and hashing one, in every hot-path cache key, is cheap)."""
 
     names: Names
     metadata: sa.MetaData

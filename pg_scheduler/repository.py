@@ -200,19 +200,29 @@ class JobRepository:
         return self.session.execute(stmt, params)
 
     def _execute_rows(
-        self, name: str, build: Callable[[], sa.Executable], values: dict[str, Any]
+        self,
+        name: str,
+        build: Callable[[], sa.Executable],
+        values: dict[str, Any],
+        *,
+        rows: bool = True,
     ) -> Sequence[Sequence[Any]]:
-        """Run the prebuilt statement ``name`` (see ``_prebuilt``) with ``values``; its rows.
-        On the scheduler's own autocommit connections it goes straight to the driver's cursor
-        when that changes nothing visible (see ``direct``)."""
+        """Run the prebuilt statement ``name`` (see ``_prebuilt``) with ``values``; its rows
+        (none with ``rows=False``, for a caller that does not read them). On the scheduler's own
+        autocommit connections it goes straight to the driver's cursor when that changes nothing
+        visible (see ``direct``)."""
         statement = self._prebuilt(name, build)
         if self.direct:
             conn: sa.Connection = self.session  # type: ignore[assignment]
             if not direct.has_listeners(conn):
                 form = self._direct_form(name, statement, conn.dialect)
                 if form is not None:
-                    return direct.execute(conn, form, values)
-        return self._execute(statement, values).all()
+                    return direct.execute(conn, form, values, rows=rows)
+        result = self._execute(statement, values)
+        if rows:
+            return result.all()
+        result.close()
+        return ()
 
     def _direct_form(
         self, name: str, statement: sa.Executable, dialect: sa.Dialect
@@ -354,6 +364,7 @@ class JobRepository:
             "insert_one_time",
             lambda: self._with_notify(self._insert_one_time_stmt()),
             {**values, "notify_payload": spec.name},
+            rows=False,
         )
         return str(values["key"])
 

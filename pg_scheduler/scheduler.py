@@ -132,39 +132,26 @@ class Scheduler:
                     set_local_statement_timeout(conn, self.config.statement_timeout)
                     yield self.repository(session)
         except sa.exc.DBAPIError as exc:
-            error = translate_error(exc, self.names, self.engine.url)
+            error = self._database_error(exc)
             if error is None:
                 raise
-            if isinstance(error, SchemaNotInstalledError):
-                self._schema_ok = False
             raise error from exc
 
-    @contextlib.contextmanager
-    def autocommit(self, kept: KeptConnection | None = None) -> Iterator[JobRepository]:
+    def autocommit(self, kept: KeptConnection | None = None) -> _Autocommit:
         """A repository on a connection in autocommit: each statement is its own transaction,
         with no BEGIN and COMMIT round trips. Only for callers that run one atomic statement (an
         enqueue, a claim, a group of completions) or only read.
 
         With ``kept``, that stream's kept connection (see ``connections``) when it is free, else
         a pooled connection."""
-        try:
-            with contextlib.ExitStack() as stack:
-                conn = stack.enter_context(kept.take()) if kept is not None else None
-                if conn is None:
-                    conn = stack.enter_context(self.engine.connect())
-                    switch_to_autocommit(conn)
-                # The client-side deadline only: a transaction-local statement_timeout would
-                # end with the first statement.
-                dbapi_connection = conn.connection.dbapi_connection
-                with self.deadlines.guard(dbapi_connection, "an autocommit statement"):
-                    yield self.repository(conn, direct=True)
-        except sa.exc.DBAPIError as exc:
-            error = translate_error(exc, self.names, self.engine.url)
-            if error is None:
-                raise
-            if isinstance(error, SchemaNotInstalledError):
-                self._schema_ok = False
-            raise error from exc
+        return _Autocommit(self, kept)
+
+    def _database_error(self, exc: sa.exc.DBAPIError) -> PgSchedulerError | None:
+        """What ``exc`` means for the caller (``translate_error``), noting a missing schema."""
+        error = translate_error(exc, self.names, self.engine.url)
+        if isinstance(error, SchemaNotInstalledError):
+            self._schema_ok = False
+        return error
 
     def close_autocommit_connections(self) -> None:
         """Give the kept autocommit connections back to the pool (``shutdown`` does this)."""
@@ -628,6 +615,67 @@ class Scheduler:
                 raise TimeoutError("jobs still running")
             if result.claimed < result.free_slots or result.claimed == 0:
                 return total
+
+
+class _Autocommit:
+    """``Scheduler.autocommit``'s context. It wraps every enqueue, claim pass and group of
+    outcomes, so it is written out as one class: as nested generator contexts (the kept
+    connection, the deadline, an exit stack) it cost more CPU than the statement's own trip
+    through psycopg. On the kept connection the repository is built once per connection."""
+
+    __slots__ = ("conn", "kept", "scheduler", "watch")
+
+    def __init__(self, scheduler: Scheduler, kept: KeptConnection | None) -> None:
+        self.scheduler = scheduler
+        self.kept = kept
+        self.conn: sa.Connection | None = None
+        self.watch: Any = None
+
+    def __enter__(self) -> JobRepository:
+        s = self.scheduler
+        kept = self.kept
+        try:
+            conn = kept.acquire() if kept is not None else None
+            if conn is None:
+                self.kept = kept = None
+                conn = s.engine.connect()
+                try:
+                    switch_to_autocommit(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+        except sa.exc.DBAPIError as exc:
+            error = s._database_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+        self.conn = conn
+        try:
+            # The client-side deadline only: a transaction-local statement_timeout would end
+            # with the first statement.
+            dbapi_connection = conn.connection.dbapi_connection
+            self.watch = s.deadlines.watch(dbapi_connection, "an autocommit statement")
+            if kept is None:
+                return s.repository(conn, direct=True)
+            repo: JobRepository | None = kept.attached
+            if repo is None or repo.session is not conn:
+                repo = kept.attached = s.repository(conn, direct=True)
+            return repo
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        s = self.scheduler
+        s.deadlines.unwatch(self.watch)
+        if self.kept is not None:
+            self.kept.release(failed=exc is not None)
+        elif self.conn is not None:
+            self.conn.close()
+        if isinstance(exc, sa.exc.DBAPIError):
+            error = s._database_error(exc)
+            if error is not None:
+                raise error from exc
 
 
 def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:

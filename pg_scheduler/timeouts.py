@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,12 +45,16 @@ def set_local_statement_timeout(conn: sa.Connection | Any, timeout: dt.timedelta
     conn.execute(sa.select(sa.func.set_config("statement_timeout", f"{ms}ms", True)))
 
 
-@dataclass(eq=False)
 class _Watch:
-    deadline: float
-    dbapi_connection: Any
-    what: str
-    fired: bool = field(default=False)
+    """One guarded block: its deadline and the connection to cut off after it."""
+
+    __slots__ = ("dbapi_connection", "deadline", "fired", "what")
+
+    def __init__(self, deadline: float, dbapi_connection: Any, what: str) -> None:
+        self.deadline = deadline
+        self.dbapi_connection = dbapi_connection
+        self.what = what
+        self.fired = False
 
 
 class Deadlines:
@@ -69,9 +72,17 @@ class Deadlines:
     @contextlib.contextmanager
     def guard(self, dbapi_connection: Any, what: str) -> Iterator[None]:
         """Cut ``dbapi_connection`` off if the block is still running after the deadline."""
-        if self.seconds is None or dbapi_connection is None:
+        watch = self.watch(dbapi_connection, what)
+        try:
             yield
-            return
+        finally:
+            self.unwatch(watch)
+
+    def watch(self, dbapi_connection: Any, what: str) -> _Watch | None:
+        """Start guarding ``dbapi_connection`` (``guard`` as two calls, for a caller on the hot
+        path that is itself a context manager); end with ``unwatch``."""
+        if self.seconds is None or dbapi_connection is None:
+            return None
         watch = _Watch(time.monotonic() + self.seconds, dbapi_connection, what)
         with self._lock:
             self._watches.add(watch)
@@ -80,11 +91,12 @@ class Deadlines:
                     target=self._loop, name=f"{self.name}-deadlines", daemon=True
                 )
                 self._thread.start()
-        try:
-            yield
-        finally:
-            # Under the lock: once the block has left, its connection is never cut (it may be
-            # back in the application's pool by then).
+        return watch
+
+    def unwatch(self, watch: _Watch | None) -> None:
+        """Stop guarding. Under the lock: once the block has left, its connection is never cut
+        (it may be back in the application's pool by then)."""
+        if watch is not None:
             with self._lock:
                 self._watches.discard(watch)
 

@@ -39,9 +39,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     sent: list[str] = []
     real = direct.execute
 
-    def execute(conn: sa.Connection, statement: direct.DirectStatement, values: Any) -> Any:
+    def execute(
+        conn: sa.Connection, statement: direct.DirectStatement, values: Any, **options: Any
+    ) -> Any:
         sent.append(statement.sql)
-        return real(conn, statement, values)
+        return real(conn, statement, values, **options)
 
     monkeypatch.setattr(direct, "execute", execute)
     return sent
@@ -129,6 +131,50 @@ def test_a_dead_connection_is_invalidated(
         repo.insert_one_time(OneTimeSpec("direct.job", None, 0, None))
     assert raised.value.connection_invalidated
     assert autocommit_conn.invalidated
+
+
+def backend_pid(dbapi_connection: Any) -> int:
+    info = getattr(dbapi_connection, "info", None)
+    if info is not None and hasattr(info, "backend_pid"):  # psycopg 3
+        return int(info.backend_pid)
+    return int(dbapi_connection.get_backend_pid())  # psycopg2
+
+
+def test_one_cursor_per_connection_and_a_new_one_after_a_restart(
+    make_scheduler: Any,
+    engine: sa.Engine,
+    owner_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each DBAPI connection opens its cursor once; a connection the server ended is replaced,
+    and so is its cursor: the enqueue after the restart still lands, exactly once."""
+    if not named_parameters(engine):
+        pytest.skip("pg8000 takes SQLAlchemy's path")
+    used: list[tuple[Any, Any]] = []
+    real = direct._cursor
+
+    def record(info: dict[Any, Any], dbapi_connection: Any) -> Any:
+        cursor = real(info, dbapi_connection)
+        used.append((dbapi_connection, cursor))
+        return cursor
+
+    monkeypatch.setattr(direct, "_cursor", record)
+    scheduler: Scheduler = make_scheduler()
+    scheduler.one_time("direct.job")(lambda ctx: None)
+    keys = [scheduler.enqueue("direct.job", {"i": i}) for i in range(3)]
+    assert len(used) == 3
+    cursors_of: dict[int, set[int]] = {}
+    for dbapi_connection, cursor in used:
+        cursors_of.setdefault(id(dbapi_connection), set()).add(id(cursor))
+    assert all(len(cursors) == 1 for cursors in cursors_of.values())
+
+    ended, ended_cursor = used[-1]
+    with owner_engine.connect() as admin:
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid(ended)})
+    keys.append(scheduler.enqueue("direct.job", {"i": 3}))
+    dbapi_connection, cursor = used[-1]
+    assert dbapi_connection is not ended and cursor is not ended_cursor
+    assert len(set(keys)) == 4 and all(scheduler.get_job(key) is not None for key in keys)
 
 
 def test_an_application_watching_its_sql_sees_every_statement(
