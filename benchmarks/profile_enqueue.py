@@ -2,11 +2,12 @@
 
     python -m benchmarks.profile_enqueue --n 2000
 
-Each line is the mean time of ``--n`` sequential calls in one process: ``Scheduler.enqueue``; the
-exact statement it sends, through raw psycopg in autocommit (no SQLAlchemy); the same INSERT into
-a TEMPORARY copy of the table (no WAL, so no flush at commit); and ``SELECT 1`` (one round trip).
-The gaps show what SQLAlchemy and pg_scheduler add, what the durable commit costs, and what is
-left for the server. Starts its own embedded PostgreSQL unless ``--url``.
+Each line is the mean wall time of ``--n`` sequential calls in one process, and the mean CPU
+time the calling thread spent on each (the client's own work): ``Scheduler.enqueue``; the exact
+statement it sends, through one raw psycopg cursor in autocommit (no SQLAlchemy); the same INSERT
+into a TEMPORARY copy of the table (no WAL, so no flush at commit); and ``SELECT 1`` (one round
+trip). The gaps show what pg_scheduler adds, what the durable commit costs, and what is left for
+the server. Starts its own embedded PostgreSQL unless ``--url``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ from benchmarks.profile_drain import arguments, installed
 
 
 def mean_ms(n: int, call: Callable[[], Any]) -> float:
+    return timed(n, call)[0]
+
+
+def timed(n: int, call: Callable[[], Any]) -> tuple[float, float]:
+    """Mean wall time (ms) and mean CPU time of the calling thread (us) of ``n`` calls: the CPU
+    figure is the client's own work, without the wait for the server."""
     call()  # warm: prepared statements, caches
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     for _ in range(n):
         call()
-    return (time.perf_counter() - started) / n * 1000
+    return (time.perf_counter() - started) / n * 1000, (time.thread_time() - cpu) / n * 1e6
 
 
 def enqueue_statement(
@@ -61,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         def fresh(name: str = ours.NOOP) -> dict[str, Any]:
             return {**params, "key": f"{name}#{uuid.uuid4()}"}
 
-        rows: list[tuple[str, float]] = []
-        rows.append(("Scheduler.enqueue", mean_ms(args.n, lambda: scheduler.enqueue(ours.NOOP))))
+        rows: list[tuple[str, tuple[float, float]]] = []
+        rows.append(("Scheduler.enqueue", timed(args.n, lambda: scheduler.enqueue(ours.NOOP))))
         with psycopg.connect(db, autocommit=True) as raw:
+            cursor = raw.cursor()
             rows.append(
                 (
-                    "the same statement, raw psycopg",
-                    mean_ms(args.n, lambda: raw.execute(statement, fresh())),
+                    "the same statement, raw psycopg (one cursor)",
+                    timed(args.n, lambda: cursor.execute(statement, fresh())),
                 )
             )
             raw.execute(
@@ -77,16 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (
                     "the same, into a TEMPORARY table (no WAL flush)",
-                    mean_ms(args.n, lambda: raw.execute(temporary, fresh())),
+                    timed(args.n, lambda: cursor.execute(temporary, fresh())),
                 )
             )
             rows.append(
-                ("SELECT 1 (one round trip)", mean_ms(args.n, lambda: raw.execute("SELECT 1")))
+                ("SELECT 1 (one round trip)", timed(args.n, lambda: cursor.execute("SELECT 1")))
             )
         scheduler.shutdown()
-    print(f"mean of {args.n} sequential calls, ms:")
-    for label, ms in rows:
-        print(f"  {ms:6.3f}  {label}")
+    print(f"mean of {args.n} sequential calls: wall ms, client CPU us (this thread)")
+    for label, (ms, cpu_us) in rows:
+        print(f"  {ms:6.3f} ms  {cpu_us:6.1f} us  {label}")
     return 0
 
 
