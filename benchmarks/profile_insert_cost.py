@@ -7,6 +7,8 @@ autocommit, one durable commit each, into copies of the jobs table that differ i
 table as installed; no CHECK constraints; only the four DESIGN.md asks for (status, lease, cron,
 next run); all eight merged into one; ``key`` and ``name`` in the "C" collation. Prints the mean
 time per INSERT of each, round after round (the VM's speed drifts: compare within a round).
+``--temporary`` makes every copy a TEMPORARY table: no WAL flush at commit, so what the
+constraints cost the server's CPU is a larger share of each figure.
 Starts its own embedded PostgreSQL unless ``--url``.
 """
 
@@ -24,29 +26,35 @@ TABLE = ours.JOBS_TABLE
 DESIGN_CHECKS = ("status", "lease", "cron", "next_run")
 
 
-def copies(raw: psycopg.Connection[Any]) -> dict[str, str]:
-    """Create the copies; returns label -> table name."""
+def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str, str]:
+    """Create the copies (``temporary``: all of them, the table as installed included, as
+    TEMPORARY tables); returns label -> table name."""
     checks = raw.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE conrelid = %s::regclass AND contype = 'c' ORDER BY conname",
         (TABLE,),
     ).fetchall()
     like = f"(LIKE {TABLE} INCLUDING DEFAULTS INCLUDING INDEXES)"
-    raw.execute(f"CREATE TABLE cost_no_checks {like}")
-    raw.execute(f"CREATE TABLE cost_design_checks {like}")
+    create = "CREATE TEMPORARY TABLE" if temporary else "CREATE TABLE"
+    installed = TABLE
+    if temporary:
+        installed = "cost_installed"
+        raw.execute(f"{create} {installed} (LIKE {TABLE} INCLUDING ALL)")
+    raw.execute(f"{create} cost_no_checks {like}")
+    raw.execute(f"{create} cost_design_checks {like}")
     for name, definition in checks:
         if any(f"_{word}_ck" in name for word in DESIGN_CHECKS):
             raw.execute(f"ALTER TABLE cost_design_checks ADD CONSTRAINT c_{name} {definition}")
-    raw.execute(f"CREATE TABLE cost_merged {like}")
+    raw.execute(f"{create} cost_merged {like}")
     merged = " AND ".join(f"({definition.removeprefix('CHECK ')})" for _, definition in checks)
     raw.execute(f"ALTER TABLE cost_merged ADD CONSTRAINT cost_merged_ck CHECK ({merged})")
-    raw.execute(f"CREATE TABLE cost_c_collation (LIKE {TABLE} INCLUDING ALL)")
+    raw.execute(f"{create} cost_c_collation (LIKE {TABLE} INCLUDING ALL)")
     raw.execute(
         'ALTER TABLE cost_c_collation ALTER COLUMN key TYPE text COLLATE "C",'
         ' ALTER COLUMN name TYPE text COLLATE "C"'
     )
     return {
-        "as installed (8 CHECKs)": TABLE,
+        "as installed (8 CHECKs)": installed,
         "no CHECK": "cost_no_checks",
         "DESIGN's 4 CHECKs": "cost_design_checks",
         "8 CHECKs merged": "cost_merged",
@@ -58,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--temporary",
+        action="store_true",
+        help="TEMPORARY copies: no WAL flush, so the server's CPU differences stand out",
+    )
     args = parser.parse_args(argv)
     with installed(args.url, "insert_cost") as (db, engine):
         scheduler = ours.build_scheduler(engine, 1)
@@ -67,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         insert = written[written.index("(INSERT") + 1 : written.rindex(")")]
         counter = iter(range(10**9))
         with psycopg.connect(db, autocommit=True) as raw:
-            tables = copies(raw)
-            print(f"mean ms per durable INSERT, {args.n} per figure:")
+            tables = copies(raw, temporary=args.temporary)
+            kind = "TEMPORARY" if args.temporary else "durable"
+            print(f"mean ms per {kind} INSERT, {args.n} per figure:")
             for round_ in range(args.rounds):
                 figures = []
                 for label, table in tables.items():
