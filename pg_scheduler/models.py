@@ -117,7 +117,7 @@ class ScheduledJobRow(TablePrefixMixin):
                 "finished_at",
                 postgresql_where=sa.text("status IN ('completed', 'failed', 'cancelled')"),
             ),
-            sa.Index(n.job("name_ix"), "name"),
+            # No index on name (pgs_0003): each would take a new entry at every claim and outcome.
         )
 
 

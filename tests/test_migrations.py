@@ -197,7 +197,7 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
 ) -> None:
     names = cleanup(Names(unique("r") + "_"))
     migrations.upgrade(engine, names=names, revision="pgs_0001")
-    dropped = {names.run("job_key_ix"), names.run("finished_ix")}
+    dropped = {names.run("job_key_ix"), names.run("finished_ix"), names.job("name_ix")}
     assert dropped <= catalog_names(engine, names)
     models = build_models(names)
     with engine.begin() as conn:
@@ -205,7 +205,7 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
     assert not migrations.is_up_to_date(engine, names=names)
 
     migrations.upgrade(engine, names=names)
-    assert migrations.current(engine, names=names) == "pgs_0002" == migrations.head()
+    assert migrations.current(engine, names=names) == "pgs_0003" == migrations.head()
     assert not dropped & catalog_names(engine, names)
     with engine.connect() as conn:
         assert conn.execute(sa.select(models.jobs.c.key)).scalars().all() == ["kept#1"]
@@ -342,7 +342,8 @@ def test_the_revisions_are_found_from_this_install() -> None:
     assert (location / "env.py").is_file()
     assert (location / "versions" / "pgs_0001_initial.py").is_file()
     assert (location / "versions" / "pgs_0002_lighter_run_history.py").is_file()
-    assert migrations.head() == "pgs_0002"
+    assert (location / "versions" / "pgs_0003_no_name_index.py").is_file()
+    assert migrations.head() == "pgs_0003"
 
 
 # ---------------------------------------------------------------- models == migrations
@@ -507,6 +508,8 @@ def test_offline_sql_creates_the_schema_first_and_names_only_this_installation()
     assert "INSERT INTO offline_jobs.off_alembic_version (version_num) VALUES ('pgs_0001')" in sql
     assert "DROP INDEX offline_jobs.off_job_runs_job_key_ix" in sql  # the second revision
     assert "SET version_num='pgs_0002' WHERE" in sql
+    assert "DROP INDEX offline_jobs.off_scheduled_jobs_name_ix" in sql  # the third
+    assert "SET version_num='pgs_0003' WHERE" in sql
     assert sql.rstrip().endswith("COMMIT;")
     tokens = our_tokens(sql)
     assert tokens <= set(names.identifiers())
@@ -554,7 +557,7 @@ def test_alembic_command_line_in_the_repository(
 
     alembic("upgrade", "head")
     assert migrations.current(engine, names=names) == migrations.head()
-    assert "pgs_0002 (head)" in alembic("current")
+    assert "pgs_0003 (head)" in alembic("current")
     alembic("downgrade", "base")
     assert migrations.current(engine, names=names) is None
     assert installed_tables(engine, names) == set()
@@ -640,6 +643,7 @@ def test_the_wheel_ships_the_alembic_environment(wheel: Path) -> None:
         "pg_scheduler/_alembic/script.py.mako",
         "pg_scheduler/_alembic/versions/pgs_0001_initial.py",
         "pg_scheduler/_alembic/versions/pgs_0002_lighter_run_history.py",
+        "pg_scheduler/_alembic/versions/pgs_0003_no_name_index.py",
         "pg_scheduler/py.typed",
         "pg_scheduler/migrations.py",
     ):
