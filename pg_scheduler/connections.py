@@ -19,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import select
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+
+T = TypeVar("T")
 
 #: Drivers whose connection's socket can be checked for "closed by the server" without a query.
 _SOCKET_DRIVERS = ("psycopg", "psycopg2")
@@ -54,7 +57,7 @@ class KeptConnection:
                 self._drop()
                 conn = None
             if conn is None:
-                conn = self.engine.connect()
+                conn = past_dead_connections(self.engine.connect, self.engine.pool)
                 switch_to_autocommit(conn)
                 self._conn = conn
         except BaseException:
@@ -112,6 +115,30 @@ def idle_and_sound(conn: sa.Connection) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return not readable
+
+
+def past_dead_connections(checkout: Callable[[], T], pool: sa.pool.Pool) -> T:
+    """``checkout()`` (anything that takes a connection from ``pool``), tried again while the
+    pool's pre-ping lets a dead connection's socket error out.
+
+    With ``pool_pre_ping`` the pool tests a connection before handing it out and, when the test
+    fails with the driver's disconnect error, replaces it (psycopg, psycopg2). pg8000 (1.31) lets
+    the socket's own ``ConnectionResetError`` out of that test unwrapped, which the pool passes on
+    after discarding that one connection; after a restart or terminated backends every idle
+    pooled connection is just as dead. So an ``OSError`` from a checkout is tried again, once per
+    connection still idle in the pool and once more for a new one (whose failure to connect is
+    the driver's own, wrapped, error)."""
+    retries: int | None = None
+    while True:
+        try:
+            return checkout()
+        except OSError:
+            if retries is None:
+                idle: Any = getattr(pool, "checkedin", None)
+                retries = (idle() if callable(idle) else 0) + 1
+            if retries <= 0:
+                raise
+            retries -= 1
 
 
 def switch_to_autocommit(conn: sa.Connection) -> None:

@@ -30,6 +30,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from .connections import past_dead_connections
 from .errors import (
     MigrationError,
     SchemaNotInstalledError,
@@ -152,7 +153,7 @@ def _owned(names: Names, table: Any, parent_names: Any) -> bool:
 def _connection(bind: Bind) -> Iterator[sa.Connection]:
     if isinstance(bind, sa.Engine):
         # connect(), not begin(): env.py opens and commits the transaction that holds the lock.
-        with bind.connect() as conn:
+        with past_dead_connections(bind.connect, bind.pool) as conn:
             yield conn
             if conn.in_transaction():
                 conn.commit()

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
-from .connections import KeptConnection, switch_to_autocommit
+from .connections import KeptConnection, past_dead_connections, switch_to_autocommit
 from .errors import (
     DatabaseUnavailableError,
     PgSchedulerError,
@@ -127,7 +127,7 @@ class Scheduler:
         try:
             with self.session_factory() as session, session.begin():
                 # Take the connection now, so the whole transaction runs under the deadline.
-                conn = session.connection()
+                conn = past_dead_connections(session.connection, self.engine.pool)
                 with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
                     set_local_statement_timeout(conn, self.config.statement_timeout)
                     yield self.repository(session)
@@ -638,7 +638,7 @@ class _Autocommit:
             conn = kept.acquire() if kept is not None else None
             if conn is None:
                 self.kept = kept = None
-                conn = s.engine.connect()
+                conn = past_dead_connections(s.engine.connect, s.engine.pool)
                 try:
                     switch_to_autocommit(conn)
                 except BaseException:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from pg_scheduler import (
@@ -25,6 +26,8 @@ from pg_scheduler import (
 from pg_scheduler.naming import Names
 from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import wait_until
+
+INTEGERS = postgresql.ARRAY(sa.Integer)
 
 
 class Recording(Job):
@@ -261,6 +264,42 @@ def test_node_survives_terminated_backends(make_scheduler: Any, engine: sa.Engin
             conn.commit()
         second = s.enqueue("after_kill")  # on a connection the server has just closed
         wait_until(lambda: status(s, second) is JobStatus.COMPLETED, timeout=10)
+
+
+def test_calls_get_past_a_pool_of_connections_the_server_closed(
+    pg_scheduler_url: str, names: Names
+) -> None:
+    # After a restart every idle pooled connection is dead. The pool's pre-ping replaces each one
+    # it finds dead, but pg8000 lets a reset socket's ConnectionResetError out of the ping
+    # unwrapped (the pool drops only that connection and passes the error on): the scheduler's
+    # calls must still succeed, whatever the driver. A pool of 4 holds nothing but the dead.
+    engine = sa.create_engine(pg_scheduler_url, pool_size=4, max_overflow=0, pool_pre_ping=True)
+    admin = sa.create_engine(
+        pg_scheduler_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+    ).connect()
+    s = Scheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
+    s.one_time("past_dead")(lambda ctx: None)
+    terminate = sa.text("SELECT pg_terminate_backend(p) FROM unnest(:pids) p")
+
+    def kill_the_pool() -> None:
+        held = [engine.connect() for _ in range(4)]
+        pids = [conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for conn in held]
+        for conn in held:
+            conn.rollback()
+            conn.close()
+        admin.execute(terminate.bindparams(sa.bindparam("pids", pids, type_=INTEGERS)))
+        # No wait for the backends to exit: a ping while they do is what pg8000 sees reset.
+
+    try:
+        for _ in range(4):
+            kill_the_pool()
+            key = s.enqueue("past_dead")
+            kill_the_pool()
+            assert s.get_job(key) is not None
+    finally:
+        s.shutdown()
+        admin.close()
+        engine.dispose()
 
 
 @pytest.mark.parametrize(("pool_size", "kept"), [(1, 0), (4, 0), (5, 1)])
