@@ -65,11 +65,34 @@ def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:
     return [(str(q), int(c), float(t)) for q, c, t in rows]
 
 
+def hot_updates(dsn: str, minimum: int) -> list[tuple[str, int, int]]:
+    """(table, updates, HOT updates) of each table in the database: an update that changes no
+    indexed column and finds room on its page is HOT and adds no index entry."""
+    with _harness.admin_connection(dsn) as conn:
+        # Backends report their counts when idle for a second or when they exit.
+        deadline = time.monotonic() + 5
+        while True:
+            rows = conn.execute(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE n_tup_upd > 0 ORDER BY relname"
+            ).fetchall()
+            if sum(int(row[1]) for row in rows) >= minimum or time.monotonic() > deadline:
+                return [(str(t), int(u), int(h)) for t, u, h in rows]
+            time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--cprofile", help="write a cProfile dump of the drain to this file")
+    parser.add_argument(
+        "--setup-sql",
+        action="append",
+        default=[],
+        help="run this SQL after installing the schema (an A/B trial of a storage or index "
+        "change before it becomes a revision); repeatable",
+    )
     args = parser.parse_args(argv)
     n = args.jobs
     finished_sql = ours.ADAPTER.finished_jobs_sql()
@@ -77,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         dbname = _harness.dsn_params(db)["dbname"]
         engine = ours.make_engine(db, pool_size=args.concurrency + 4)
         pg_scheduler.migrations.upgrade(engine)
+        with engine.begin() as conn:
+            for sql in args.setup_sql:
+                conn.exec_driver_sql(sql)
         producer = ours.build_scheduler(engine, 1)
         producer.enqueue_many(ours.NOOP, [None] * n)
         with _harness.admin_connection(db) as conn:
@@ -112,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         node.shutdown()
         by_statement = statements(dsn, dbname)
         engine.dispose()
+        tables = hot_updates(db, 3 * n)  # the job row twice (claim, outcome), the run row once
     if profiler:
         profiler.dump_stats(args.cprofile)
     total = sum(calls for _, calls, _ in by_statement) - polls
@@ -122,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"node process CPU per job: {user:.0f} us user, {system:.0f} us system")
     print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
     print(f"server execution time per job: {server_ms * 1000 / n:.0f} us (all statements)")
+    for table, updates, hot in tables:
+        print(f"  {table}: {updates:,} updates, {hot / max(updates, 1):.0%} HOT")
     print("  per job   calls  us/job  statement")
     for query, calls, ms in by_statement[:12]:
         text = " ".join(query.split())[:100]

@@ -1,6 +1,7 @@
 """Where one enqueue's time goes: pg_scheduler's call against the same SQL sent by hand.
 
     python -m benchmarks.profile_enqueue --n 2000
+    python -m benchmarks.profile_enqueue --n 4000 --rounds 20
 
 Each line is the mean wall time of ``--n`` sequential calls in one process, and the mean CPU
 time the calling thread spent on each (the client's own work): ``Scheduler.enqueue``; the exact
@@ -12,6 +13,7 @@ the server. Starts its own embedded PostgreSQL unless ``--url``.
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -60,7 +62,16 @@ def enqueue_statement(
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split the calls into this many rounds, the four measurements taking turns, and "
+        "report each one's median round (a noisy machine drifts within a run)",
+    )
     args = parser.parse_args(argv)
+    per_round = max(1, args.n // args.rounds)
+    samples: dict[str, list[tuple[float, float]]] = {}
     with installed(args.url, "enqueue") as (db, engine):
         scheduler = ours.build_scheduler(engine, 1)
         statement, params = enqueue_statement(engine, scheduler)
@@ -68,32 +79,33 @@ def main(argv: list[str] | None = None) -> int:
         def fresh(name: str = ours.NOOP) -> dict[str, Any]:
             return {**params, "key": f"{name}#{uuid.uuid4()}"}
 
-        rows: list[tuple[str, tuple[float, float]]] = []
-        rows.append(("Scheduler.enqueue", timed(args.n, lambda: scheduler.enqueue(ours.NOOP))))
         with psycopg.connect(db, autocommit=True) as raw:
             cursor = raw.cursor()
-            rows.append(
-                (
-                    "the same statement, raw psycopg (one cursor)",
-                    timed(args.n, lambda: cursor.execute(statement, fresh())),
-                )
-            )
             raw.execute(
                 f"CREATE TEMPORARY TABLE unlogged_copy (LIKE {ours.JOBS_TABLE} INCLUDING ALL)"
             )
             temporary = statement.replace(f"INTO {ours.JOBS_TABLE} ", "INTO unlogged_copy ", 1)
-            rows.append(
+            calls: list[tuple[str, Callable[[], Any]]] = [
+                ("Scheduler.enqueue", lambda: scheduler.enqueue(ours.NOOP)),
+                (
+                    "the same statement, raw psycopg (one cursor)",
+                    lambda: cursor.execute(statement, fresh()),
+                ),
                 (
                     "the same, into a TEMPORARY table (no WAL flush)",
-                    timed(args.n, lambda: cursor.execute(temporary, fresh())),
-                )
-            )
-            rows.append(
-                ("SELECT 1 (one round trip)", timed(args.n, lambda: cursor.execute("SELECT 1")))
-            )
+                    lambda: cursor.execute(temporary, fresh()),
+                ),
+                ("SELECT 1 (one round trip)", lambda: cursor.execute("SELECT 1")),
+            ]
+            for _ in range(args.rounds):
+                for label, call in calls:
+                    samples.setdefault(label, []).append(timed(per_round, call))
         scheduler.shutdown()
-    print(f"mean of {args.n} sequential calls: wall ms, client CPU us (this thread)")
-    for label, (ms, cpu_us) in rows:
+    what = "mean" if args.rounds == 1 else f"median of {args.rounds} rounds of the mean"
+    print(f"{what} of {per_round} sequential calls: wall ms, client CPU us (this thread)")
+    for label, rounds in samples.items():
+        ms = statistics.median(r[0] for r in rounds)
+        cpu_us = statistics.median(r[1] for r in rounds)
         print(f"  {ms:6.3f} ms  {cpu_us:6.1f} us  {label}")
     return 0
 

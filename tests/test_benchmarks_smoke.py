@@ -74,7 +74,12 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
 @pytest.mark.parametrize(
     ("script", "arguments", "expected"),
     [
-        ("profile_enqueue", ["--n", "20"], "Scheduler.enqueue"),
+        ("profile_enqueue", ["--n", "20", "--rounds", "2"], "Scheduler.enqueue"),
+        (
+            "profile_drain",
+            ["--jobs", "200", "--setup-sql", "ALTER TABLE job_runs SET (fillfactor = 50)"],
+            "job_runs: 200 updates",
+        ),
         ("profile_insert_cost", ["--n", "20", "--rounds", "1"], "no CHECK"),
         ("profile_hot_path", ["--rounds", "1", "--jobs-per-round", "64"], "in all"),
     ],
