@@ -1,12 +1,17 @@
 """What the server's side of one enqueue costs, table feature by table feature.
 
     python -m benchmarks.profile_insert_cost --n 2000 --rounds 4
+    python -m benchmarks.profile_insert_cost --rounds 40 --batch 50 --temporary
 
 Sends the INSERT that ``Scheduler.enqueue`` sends (without its NOTIFY) through raw psycopg in
 autocommit, one durable commit each, into copies of the jobs table that differ in one thing: the
 table as installed; no CHECK constraints; only the four DESIGN.md asks for (status, lease, cron,
-next run); all eight merged into one; ``key`` and ``name`` in the "C" collation. Prints the mean
-time per INSERT of each, round after round (the VM's speed drifts: compare within a round).
+next run); all eight merged into one; all eight inside one PL/pgSQL function that one CHECK
+calls (its expression is set up once per session, not planned again for every statement);
+``key`` and ``name`` in the "C" collation. Prints the mean time per INSERT of each, round after
+round (the VM's speed drifts: compare within a round). With ``--batch`` every round sends that
+many INSERTs to each copy in turn (the order reversed every other round) and the median round
+of each copy is printed: small interleaved batches are what holds still on a noisy machine.
 ``--temporary`` makes every copy a TEMPORARY table: no WAL flush at commit, so what the
 constraints cost the server's CPU is a larger share of each figure.
 Starts its own embedded PostgreSQL unless ``--url``.
@@ -14,6 +19,7 @@ Starts its own embedded PostgreSQL unless ``--url``.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import psycopg
@@ -48,6 +54,21 @@ def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str
     raw.execute(f"{create} cost_merged {like}")
     merged = " AND ".join(f"({definition.removeprefix('CHECK ')})" for _, definition in checks)
     raw.execute(f"ALTER TABLE cost_merged ADD CONSTRAINT cost_merged_ck CHECK ({merged})")
+    # The same eight conditions, evaluated by PL/pgSQL: the CHECK is one function call.
+    schema = "pg_temp" if temporary else "public"
+    raw.execute(
+        f"CREATE FUNCTION {schema}.cost_job_valid(status text, job_type text, misfire text,"
+        " lease_id uuid, node_id text, heartbeat_at timestamptz, cron text,"
+        " next_run timestamptz, scheduled_at timestamptz, attempt int, max_retries int,"
+        " consecutive_failures int, name text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE"
+        f" AS $$ BEGIN RETURN {merged}; END $$"
+    )
+    raw.execute(f"{create} cost_plpgsql {like}")
+    raw.execute(
+        f"ALTER TABLE cost_plpgsql ADD CONSTRAINT cost_plpgsql_ck CHECK ({schema}.cost_job_valid("
+        "status, job_type, misfire, lease_id, node_id, heartbeat_at, cron, next_run,"
+        " scheduled_at, attempt, max_retries, consecutive_failures, name))"
+    )
     raw.execute(f"{create} cost_c_collation (LIKE {TABLE} INCLUDING ALL)")
     raw.execute(
         'ALTER TABLE cost_c_collation ALTER COLUMN key TYPE text COLLATE "C",'
@@ -58,6 +79,7 @@ def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str
         "no CHECK": "cost_no_checks",
         "DESIGN's 4 CHECKs": "cost_design_checks",
         "8 CHECKs merged": "cost_merged",
+        "8 in one PL/pgSQL CHECK": "cost_plpgsql",
         'key, name COLLATE "C"': "cost_c_collation",
     }
 
@@ -71,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="TEMPORARY copies: no WAL flush, so the server's CPU differences stand out",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="interleave: each round sends this many INSERTs to each copy in turn; print the "
+        "median round of each (ignores --n)",
+    )
     args = parser.parse_args(argv)
     with installed(args.url, "insert_cost") as (db, engine):
         scheduler = ours.build_scheduler(engine, 1)
@@ -82,17 +110,27 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(db, autocommit=True) as raw:
             tables = copies(raw, temporary=args.temporary)
             kind = "TEMPORARY" if args.temporary else "durable"
-            print(f"mean ms per {kind} INSERT, {args.n} per figure:")
-            for round_ in range(args.rounds):
-                figures = []
-                for label, table in tables.items():
-                    sql = insert.replace(f"INTO {TABLE} ", f"INTO {table} ", 1)
-                    ms = mean_ms(
-                        args.n,
-                        lambda sql=sql: raw.execute(sql, {**params, "key": f"k#{next(counter)}"}),
-                    )
-                    figures.append(f"{label} {ms:.3f}")
-                print(f"  round {round_ + 1}: " + ", ".join(figures))
+
+            def send(table: str, n: int) -> float:
+                sql = insert.replace(f"INTO {TABLE} ", f"INTO {table} ", 1)
+                return mean_ms(n, lambda: raw.execute(sql, {**params, "key": f"k#{next(counter)}"}))
+
+            if args.batch:
+                samples: dict[str, list[float]] = {label: [] for label in tables}
+                for round_ in range(args.rounds):
+                    order = list(tables.items())
+                    for label, table in order if round_ % 2 else reversed(order):
+                        samples[label].append(send(table, args.batch))
+                print(f"median of {args.rounds} rounds of {args.batch} {kind} INSERTs, ms each:")
+                for label, figures in samples.items():
+                    print(f"  {statistics.median(figures):.3f}  {label}")
+            else:
+                print(f"mean ms per {kind} INSERT, {args.n} per figure:")
+                for round_ in range(args.rounds):
+                    figures_text = [
+                        f"{label} {send(table, args.n):.3f}" for label, table in tables.items()
+                    ]
+                    print(f"  round {round_ + 1}: " + ", ".join(figures_text))
         scheduler.shutdown()
     return 0
 

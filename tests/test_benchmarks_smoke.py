@@ -81,6 +81,7 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
             "job_runs: 200 updates",
         ),
         ("profile_insert_cost", ["--n", "20", "--rounds", "1"], "no CHECK"),
+        ("profile_insert_cost", ["--rounds", "2", "--batch", "5", "--temporary"], "PL/pgSQL"),
         ("profile_hot_path", ["--rounds", "1", "--jobs-per-round", "64"], "in all"),
     ],
 )
