@@ -141,6 +141,18 @@ def past_dead_connections(checkout: Callable[[], T], pool: sa.pool.Pool) -> T:
             retries -= 1
 
 
+def lost_connection(exc: sa.exc.DBAPIError) -> bool:
+    """An ``InterfaceError`` that means the server cannot be reached or went away: SQLAlchemy's
+    dialect recognised a disconnect, or the driver's error wraps a socket error (pg8000 reports a
+    refused or timed-out connection, and a reset one, as ``InterfaceError`` raised from the
+    ``OSError``). Other interface errors (bad connection arguments, a closed cursor) are bugs or
+    configuration, and pass through."""
+    if not isinstance(exc, sa.exc.InterfaceError):
+        return False
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    return exc.connection_invalidated or isinstance(cause, OSError)
+
+
 def switch_to_autocommit(conn: sa.Connection) -> None:
     """Put a checked-out connection in autocommit, with no transaction left open on it.
 

@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .connections import past_dead_connections
+from .connections import lost_connection, past_dead_connections
 from .errors import (
     MigrationError,
     SchemaNotInstalledError,
@@ -251,7 +251,9 @@ def _explain(exc: sa.exc.DBAPIError, action: str, names: Names) -> MigrationErro
             "role lacks the privilege (migrations must run as the role that owns the schema, "
             f"not a runtime role): {_first_line(exc)}"
         )
-    if isinstance(exc, sa.exc.OperationalError) and exc.connection_invalidated is False:
+    if (
+        isinstance(exc, sa.exc.OperationalError) and exc.connection_invalidated is False
+    ) or lost_connection(exc):
         return MigrationError(f"cannot {action}: database unreachable: {_first_line(exc)}")
     return MigrationError(f"cannot {action} pg_scheduler schema: {_first_line(exc)}")
 

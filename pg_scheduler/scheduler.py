@@ -23,7 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
-from .connections import KeptConnection, past_dead_connections, switch_to_autocommit
+from .connections import (
+    KeptConnection,
+    lost_connection,
+    past_dead_connections,
+    switch_to_autocommit,
+)
 from .errors import (
     DatabaseUnavailableError,
     PgSchedulerError,
@@ -186,13 +191,15 @@ class Scheduler:
     def _ensure_schema(self) -> None:
         if self._schema_ok:
             return
-        if self.config.create_schema:
-            migrations.upgrade(self.engine, names=self.names)
-        else:
-            try:
+        try:
+            if self.config.create_schema:
+                migrations.upgrade(self.engine, names=self.names)
+            else:
                 migrations.check_schema(self.engine, self.names)
-            except sa.exc.OperationalError as exc:
-                raise unavailable(exc, self.engine.url) from exc
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if isinstance(exc, sa.exc.InterfaceError) and not lost_connection(exc):
+                raise
+            raise unavailable(exc, self.engine.url) from exc
         self._schema_ok = True
 
     # ------------------------------------------------------------------ registry
@@ -682,7 +689,7 @@ def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSche
     """Our error for a driver error that means "not installed" or "unreachable", else None."""
     if isinstance(exc, sa.exc.ProgrammingError) and _sqlstate(exc) == _UNDEFINED_TABLE:
         return migrations.not_installed(names)
-    if isinstance(exc, sa.exc.OperationalError):
+    if isinstance(exc, sa.exc.OperationalError) or lost_connection(exc):
         return unavailable(exc, url)
     return None
 

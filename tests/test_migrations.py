@@ -24,7 +24,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import migrations
-from pg_scheduler.errors import SchemaNotInstalledError, SchemaVersionMismatchError
+from pg_scheduler.errors import (
+    MigrationError,
+    SchemaNotInstalledError,
+    SchemaVersionMismatchError,
+)
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import MAX_PREFIX_LENGTH, Names
 from pg_scheduler.repository import JobRepository, OneTimeSpec
@@ -300,6 +304,14 @@ def test_current_leaves_no_transaction_open_on_the_callers_connection(engine: sa
     with engine.connect() as conn:
         assert migrations.current(conn, table_prefix=unique("tcur") + "_") is None
         assert not conn.in_transaction()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "pg8000"])
+def test_upgrade_of_an_unreachable_database_says_so(driver: str) -> None:
+    # pg8000 reports a refused connection as an InterfaceError, not an OperationalError.
+    engine = sa.create_engine(f"postgresql+{driver}://nobody@127.0.0.1:9/nowhere")
+    with pytest.raises(MigrationError, match="cannot upgrade: database unreachable"):
+        migrations.upgrade(engine)
 
 
 # ---------------------------------------------------------------- schema checks

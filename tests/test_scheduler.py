@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -563,11 +564,20 @@ def test_bad_input_is_refused_before_anything_is_written(
     assert count == 0
 
 
-def test_dead_database_gives_a_clear_error() -> None:
-    engine = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "pg8000"])
+def test_dead_database_gives_a_clear_error(driver: str) -> None:
+    # pg8000 reports a refused connection as an InterfaceError (raised from the OSError), not
+    # an OperationalError: it must read the same.
+    engine = sa.create_engine(f"postgresql+{driver}://nobody@127.0.0.1:1/none")
     s = Scheduler(SchedulerConfig(engine=engine, table_prefix="x_"))
-    with pytest.raises(errors.DatabaseUnavailableError, match="database unavailable"):
-        s.enqueue("x", {})
+    calls: list[Callable[[], object]] = [
+        lambda: s.enqueue("x", {}),
+        lambda: s.get_job("x#1"),
+        s.list_jobs,
+    ]
+    for call in calls:
+        with pytest.raises(errors.DatabaseUnavailableError, match="database unavailable"):
+            call()
 
 
 @pytest.mark.parametrize(
