@@ -133,14 +133,20 @@ class Scheduler:
             with self.session_factory() as session, session.begin():
                 # Take the connection now, so the whole transaction runs under the deadline.
                 conn = past_dead_connections(session.connection, self.engine.pool)
-                with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
-                    set_local_statement_timeout(conn, self.config.statement_timeout)
-                    yield self.repository(session)
+                try:
+                    with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
+                        set_local_statement_timeout(conn, self.config.statement_timeout)
+                        yield self.repository(session)
+                except OSError:
+                    conn.invalidate()  # see ``_Autocommit.__exit__``
+                    raise
         except sa.exc.DBAPIError as exc:
             error = self._database_error(exc)
             if error is None:
                 raise
             raise error from exc
+        except OSError as exc:
+            raise unavailable(exc, self.engine.url) from exc
 
     def autocommit(self, kept: KeptConnection | None = None) -> _Autocommit:
         """A repository on a connection in autocommit: each statement is its own transaction,
@@ -678,11 +684,17 @@ class _Autocommit:
         if self.kept is not None:
             self.kept.release(failed=exc is not None)
         elif self.conn is not None:
+            if isinstance(exc, OSError):
+                # pg8000 lets a reset socket's error out of a statement's first read unwrapped:
+                # SQLAlchemy does not know the connection is gone and would pool it again.
+                self.conn.invalidate()
             self.conn.close()
         if isinstance(exc, sa.exc.DBAPIError):
             error = s._database_error(exc)
             if error is not None:
                 raise error from exc
+        elif isinstance(exc, OSError):
+            raise unavailable(exc, s.engine.url) from exc
 
 
 def translate_error(exc: sa.exc.DBAPIError, names: Names, url: sa.URL) -> PgSchedulerError | None:

@@ -303,6 +303,41 @@ def test_calls_get_past_a_pool_of_connections_the_server_closed(
         engine.dispose()
 
 
+def test_a_connection_closed_under_a_call_reads_as_unavailable(
+    pg_scheduler_url: str, names: Names
+) -> None:
+    # Without pool_pre_ping a pooled connection is handed out unchecked. When the server has
+    # closed it, a read fails once with our error, whatever the driver (pg8000 may raise a bare
+    # ConnectionResetError from its first read), and the next call gets a new connection.
+    engine = sa.create_engine(pg_scheduler_url, pool_size=1, max_overflow=0)
+    admin = sa.create_engine(
+        pg_scheduler_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+    ).connect()
+    s = Scheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
+    s.one_time("closed_under")(lambda ctx: None)
+
+    def close_the_pooled_connection() -> None:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            conn.rollback()
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    try:
+        key = s.enqueue("closed_under")
+        for _ in range(4):
+            close_the_pooled_connection()
+            with pytest.raises(errors.DatabaseUnavailableError, match="database unavailable"):
+                s.get_job(key)
+            assert s.get_job(key) is not None
+            close_the_pooled_connection()
+            # An enqueue is sent once more on a new connection (the dead one is not pooled again).
+            assert s.get_job(s.enqueue("closed_under")) is not None
+    finally:
+        s.shutdown()
+        admin.close()
+        engine.dispose()
+
+
 @pytest.mark.parametrize(("pool_size", "kept"), [(1, 0), (4, 0), (5, 1)])
 def test_a_small_pool_keeps_no_connection_for_enqueues(
     pg_scheduler_url: str, names: Names, pool_size: int, kept: int
