@@ -57,7 +57,7 @@ class KeptConnection:
                 self._drop()
                 conn = None
             if conn is None:
-                conn = past_dead_connections(self.engine.connect, self.engine.pool)
+                conn = connect(self.engine)
                 switch_to_autocommit(conn)
                 self._conn = conn
         except BaseException:
@@ -139,6 +139,12 @@ def past_dead_connections(checkout: Callable[[], T], pool: sa.pool.Pool) -> T:
             if retries <= 0:
                 raise
             retries -= 1
+
+
+def connect(engine: sa.Engine) -> sa.Connection:
+    """``engine.connect()``, past pooled connections the server has closed (see
+    ``past_dead_connections``)."""
+    return past_dead_connections(engine.connect, engine.pool)
 
 
 def lost_connection(exc: sa.exc.DBAPIError) -> bool:

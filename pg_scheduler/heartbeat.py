@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .connections import past_dead_connections
+from .connections import connect
 from .repository import JobRepository
 from .timeouts import set_local_statement_timeout
 from .workers import Inflight, RunningJob, StopReason
@@ -44,8 +44,7 @@ class Heartbeat:
 
     def _connection(self) -> sa.Connection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            engine = self.scheduler.engine
-            self._conn = past_dead_connections(engine.connect, engine.pool)
+            self._conn = connect(self.scheduler.engine)
             self.scheduler.name_connection(self._conn, "heartbeat")
             self._conn.commit()
         return self._conn

@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .connections import lost_connection, past_dead_connections
+from .connections import connect, lost_connection
 from .errors import (
     MigrationError,
     SchemaNotInstalledError,
@@ -153,7 +153,7 @@ def _owned(names: Names, table: Any, parent_names: Any) -> bool:
 def _connection(bind: Bind) -> Iterator[sa.Connection]:
     if isinstance(bind, sa.Engine):
         # connect(), not begin(): env.py opens and commits the transaction that holds the lock.
-        with past_dead_connections(bind.connect, bind.pool) as conn:
+        with connect(bind) as conn:
             yield conn
             if conn.in_transaction():
                 conn.commit()

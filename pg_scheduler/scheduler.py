@@ -25,6 +25,7 @@ from . import migrations
 from .config import SchedulerConfig
 from .connections import (
     KeptConnection,
+    connect,
     lost_connection,
     past_dead_connections,
     switch_to_autocommit,
@@ -651,7 +652,7 @@ class _Autocommit:
             conn = kept.acquire() if kept is not None else None
             if conn is None:
                 self.kept = kept = None
-                conn = past_dead_connections(s.engine.connect, s.engine.pool)
+                conn = connect(s.engine)
                 try:
                     switch_to_autocommit(conn)
                 except BaseException:
