@@ -203,10 +203,11 @@ class Scheduler:
                 migrations.upgrade(self.engine, names=self.names)
             else:
                 migrations.check_schema(self.engine, self.names)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            if isinstance(exc, sa.exc.InterfaceError) and not lost_connection(exc):
+        except sa.exc.DBAPIError as exc:
+            error = translate_error(exc, self.names, self.engine.url)
+            if not isinstance(error, DatabaseUnavailableError):
                 raise
-            raise unavailable(exc, self.engine.url) from exc
+            raise error from exc
         self._schema_ok = True
 
     # ------------------------------------------------------------------ registry
