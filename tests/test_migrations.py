@@ -208,15 +208,28 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
         JobRepository(conn, models).insert_one_time(OneTimeSpec("kept"), key="kept#1")
     assert not migrations.is_up_to_date(engine, names=names)
 
+    assert runs_storage(engine, names) is None
     migrations.upgrade(engine, names=names)
-    assert migrations.current(engine, names=names) == "pgs_0003" == migrations.head()
+    assert migrations.current(engine, names=names) == "pgs_0004" == migrations.head()
     assert not dropped & catalog_names(engine, names)
+    assert runs_storage(engine, names) == ["fillfactor=50"]
     with engine.connect() as conn:
         assert conn.execute(sa.select(models.jobs.c.key)).scalars().all() == ["kept#1"]
 
     migrations.downgrade(engine, names=names, revision="pgs_0001")
     assert dropped <= catalog_names(engine, names)
+    assert runs_storage(engine, names) is None
     assert migrations.current(engine, names=names) == "pgs_0001"
+
+
+def runs_storage(engine: sa.Engine, names: Names) -> Any:
+    """The storage parameters of the runs table (None: the defaults)."""
+    query = sa.text(
+        "SELECT c.reloptions FROM pg_class c WHERE c.relname = :table AND c.relkind = 'r'"
+        " AND c.relnamespace = coalesce(to_regnamespace(:schema), current_schema()::regnamespace)"
+    )
+    with engine.connect() as conn:
+        return conn.execute(query, {"table": names.runs_table, "schema": names.schema}).scalar_one()
 
 
 def test_prefixes_coexist_in_one_schema(search_path_engine: sa.Engine) -> None:
@@ -355,13 +368,15 @@ def test_the_revisions_are_found_from_this_install() -> None:
     assert (location / "versions" / "pgs_0001_initial.py").is_file()
     assert (location / "versions" / "pgs_0002_lighter_run_history.py").is_file()
     assert (location / "versions" / "pgs_0003_no_name_index.py").is_file()
-    assert migrations.head() == "pgs_0003"
+    assert (location / "versions" / "pgs_0004_runs_fillfactor.py").is_file()
+    assert migrations.head() == "pgs_0004"
 
 
 # ---------------------------------------------------------------- models == migrations
 CATALOG_SQL = sa.text(
     """
-    SELECT 'table', c.relname, c.relkind::text, c.relpersistence::text, ''
+    SELECT 'table', c.relname, c.relkind::text, c.relpersistence::text,
+           coalesce(array_to_string(c.reloptions, ','), '')
       FROM pg_class c
      WHERE c.relnamespace = to_regnamespace(:schema) AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
     UNION ALL
@@ -442,6 +457,7 @@ def test_models_equal_migrations_in_the_catalog(
         for row in from_migrations
     )
     assert sum(1 for row in from_migrations if row[0] == "column") >= 40
+    assert ("table", migrated.runs_table, "r", "p", "fillfactor=50") in from_migrations
     assert sorted(from_migrations ^ from_models) == []
 
 
@@ -521,7 +537,7 @@ def test_offline_sql_creates_the_schema_first_and_names_only_this_installation()
     assert "DROP INDEX offline_jobs.off_job_runs_job_key_ix" in sql  # the second revision
     assert "SET version_num='pgs_0002' WHERE" in sql
     assert "DROP INDEX offline_jobs.off_scheduled_jobs_name_ix" in sql  # the third
-    assert "SET version_num='pgs_0003' WHERE" in sql
+    assert "SET version_num='pgs_0004' WHERE" in sql
     assert sql.rstrip().endswith("COMMIT;")
     tokens = our_tokens(sql)
     assert tokens <= set(names.identifiers())
@@ -569,7 +585,7 @@ def test_alembic_command_line_in_the_repository(
 
     alembic("upgrade", "head")
     assert migrations.current(engine, names=names) == migrations.head()
-    assert "pgs_0003 (head)" in alembic("current")
+    assert "pgs_0004 (head)" in alembic("current")
     alembic("downgrade", "base")
     assert migrations.current(engine, names=names) is None
     assert installed_tables(engine, names) == set()
@@ -656,6 +672,7 @@ def test_the_wheel_ships_the_alembic_environment(wheel: Path) -> None:
         "pg_scheduler/_alembic/versions/pgs_0001_initial.py",
         "pg_scheduler/_alembic/versions/pgs_0002_lighter_run_history.py",
         "pg_scheduler/_alembic/versions/pgs_0003_no_name_index.py",
+        "pg_scheduler/_alembic/versions/pgs_0004_runs_fillfactor.py",
         "pg_scheduler/py.typed",
         "pg_scheduler/migrations.py",
     ):

@@ -1,0 +1,42 @@
+"""Run rows updated in place: the runs table's pages filled to half.
+
+Revision ID: pgs_0004
+Revises: pgs_0003
+Create Date: 2026-11-27
+
+Every attempt inserts its run row when it is claimed and updates it when it ends. An update that
+changes no indexed column stays on its page (a HOT update: no new entry in any of the table's
+three indexes) only when the page has room for the row's new version; with full pages that was
+so for about half of them. With ``fillfactor = 50`` inserts leave half of each page free and
+99 % of the outcome updates are HOT: about 6 us less server time per job and 3-9 % more jobs/s
+in a one-node drain (``benchmarks.profile_drain``, 3 interleaved runs each way). The price is
+disk: the run history takes about twice the pages. Only pages written from now on are affected;
+no rewrite, and the lock taken (SHARE UPDATE EXCLUSIVE) does not block reads or writes.
+"""
+
+from __future__ import annotations
+
+from alembic import context, op
+
+from pg_scheduler.migrations import names_from_alembic
+from pg_scheduler.models import RUNS_FILLFACTOR
+
+revision = "pgs_0004"
+down_revision = "pgs_0003"
+branch_labels = None
+depends_on = None
+
+
+def _runs_table() -> str:
+    n = names_from_alembic(context.config)
+    quote = op.get_context().dialect.identifier_preparer
+    table = quote.quote(n.runs_table)
+    return f"{quote.quote_schema(n.schema)}.{table}" if n.schema else table
+
+
+def upgrade() -> None:
+    op.execute(f"ALTER TABLE {_runs_table()} SET (fillfactor = {RUNS_FILLFACTOR})")
+
+
+def downgrade() -> None:
+    op.execute(f"ALTER TABLE {_runs_table()} RESET (fillfactor)")
