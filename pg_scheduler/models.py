@@ -121,9 +121,8 @@ class ScheduledJobRow(TablePrefixMixin):
         )
 
 
-#: The runs table's storage parameter (pgs_0004), for ``ALTER TABLE ... SET``; see JobRunRow.
-RUNS_FILLFACTOR = 50
-RUNS_STORAGE = f"ALTER TABLE %(fullname)s SET (fillfactor = {RUNS_FILLFACTOR})"
+#: The runs table's storage parameter (pgs_0004), set after CREATE TABLE; see JobRunRow.
+RUNS_STORAGE = "ALTER TABLE %(fullname)s SET (fillfactor = 50)"
 
 
 class JobRunRow(TablePrefixMixin):

@@ -16,6 +16,7 @@ no rewrite, and the lock taken (SHARE UPDATE EXCLUSIVE) does not block reads or 
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import context, op
 
 from pg_scheduler.migrations import names_from_alembic
@@ -26,18 +27,19 @@ branch_labels = None
 depends_on = None
 
 
-def _runs_table() -> str:
+def _on_runs_table(statement: str) -> sa.DDL:
+    """``statement`` with ``%(fullname)s`` naming this installation's runs table (quoted and
+    schema-qualified by SQLAlchemy)."""
     n = names_from_alembic(context.config)
-    quote = op.get_context().dialect.identifier_preparer
-    table = quote.quote(n.runs_table)
-    return f"{quote.quote_schema(n.schema)}.{table}" if n.schema else table
+    runs = sa.Table(n.runs_table, sa.MetaData(), schema=n.schema)
+    return sa.DDL(statement).against(runs)  # type: ignore[no-untyped-call]
 
 
 def upgrade() -> None:
     # Written out, not imported from the models: a revision says what it did when it was made.
-    # (models.RUNS_FILLFACTOR must agree; the catalog comparison in the tests checks it.)
-    op.execute(f"ALTER TABLE {_runs_table()} SET (fillfactor = 50)")
+    # (models.RUNS_STORAGE must agree; the catalog comparison in the tests checks it.)
+    op.execute(_on_runs_table("ALTER TABLE %(fullname)s SET (fillfactor = 50)"))
 
 
 def downgrade() -> None:
-    op.execute(f"ALTER TABLE {_runs_table()} RESET (fillfactor)")
+    op.execute(_on_runs_table("ALTER TABLE %(fullname)s RESET (fillfactor)"))
