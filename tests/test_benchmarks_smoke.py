@@ -83,6 +83,11 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
         ("profile_insert_cost", ["--n", "20", "--rounds", "1"], "no CHECK"),
         ("profile_insert_cost", ["--rounds", "2", "--batch", "5", "--temporary"], "PL/pgSQL"),
         ("profile_hot_path", ["--rounds", "1", "--jobs-per-round", "64"], "in all"),
+        (
+            "profile_big_table",
+            ["--rows", "2000", "--rounds", "1", "--bulk", "200", "--one-by-one", "20"],
+            "2,000 finished jobs in the table",
+        ),
     ],
 )
 def test_profile_scripts_run(script: str, arguments: list[str], expected: str) -> None:

@@ -262,7 +262,10 @@ def test_insert_one_time_stores_a_pending_run_request(engine: sa.Engine, models:
         later = repo.insert_one_time(OneTimeSpec("mail", None, run_at=run_at))
         keys = repo.insert_many([OneTimeSpec("mail", {"i": i}) for i in range(3)])
     name, _, run_id = key.partition("#")
-    assert name == "mail" and uuid.UUID(run_id)
+    assert name == "mail" and uuid.UUID(run_id).version == 7
+    # Time-ordered: each new key sorts after the ones drawn before it, so the primary key grows
+    # at its end (one index page touched per batch, not one random page per row).
+    assert [key, later, *keys] == sorted([key, later, *keys])
     job = _get(engine, models, key)
     assert (job.status, job.params, job.max_retries, job.attempt) == (
         JobStatus.PENDING,

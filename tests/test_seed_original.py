@@ -115,7 +115,7 @@ def test_job_config_constructors() -> None:
 
 
 def test_job_keys(make_scheduler: Any) -> None:
-    # TestGetJobKey: a recurring key is its name; a one-time key is name#uuid4.
+    # TestGetJobKey: a recurring key is its name; a one-time key is name#uuid (ours: version 7).
     s = make_scheduler()
     assert s.schedule_job(Noop(JobConfig.recurring("rec", "* * * * *"))) == "rec"
     key = s.schedule_job(Noop(JobConfig.one_time("one_time_job")))
