@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,23 @@ def test_max_concurrent_jobs_is_a_true_cap(make_scheduler: Any) -> None:
             message="all six done",
         )
     assert peak == 2
+
+
+def test_one_time_keys_sort_in_enqueue_order(
+    make_scheduler: Any, engine: sa.Engine, names: Names
+) -> None:
+    """Keys are UUIDv7: the database's own key order (its primary-key index) is enqueue order."""
+    s = make_scheduler()
+    s.one_time("ordered")(lambda ctx: None)
+    keys = [s.enqueue("ordered")]
+    keys += s.enqueue_many("ordered", [{"i": i} for i in range(500)])
+    keys.append(s.enqueue("ordered", {"last": True}))
+    assert {uuid.UUID(key.partition("#")[2]).version for key in keys} == {7}
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text(f"SELECT key FROM {names.jobs_table} WHERE name = 'ordered' ORDER BY key")
+        ).scalars()
+        assert list(stored) == keys
 
 
 def test_enqueue_joins_the_callers_transaction(make_scheduler: Any, engine: sa.Engine) -> None:
