@@ -81,10 +81,15 @@ def _fill(engine: sa.Engine, rows: int, kind: str) -> None:
                     sa.literal(1),
                     sa.func.now(),
                     sa.func.now(),
-                ),
+                    # Named: with random keys no column reads the series, and a SELECT without
+                    # FROM makes one row.
+                ).select_from(series),
             ),
             {"n": rows},
         )
+        stored = conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+    if stored != rows:
+        raise RuntimeError(f"the table holds {stored} rows, not {rows}")
 
 
 def _wal_position(conn: psycopg.Connection[Any]) -> int:
