@@ -119,23 +119,31 @@ def idle_and_sound(conn: sa.Connection) -> bool:
 
 def past_dead_connections(checkout: Callable[[], T], pool: sa.pool.Pool) -> T:
     """``checkout()`` (anything that takes a connection from ``pool``), tried again while the
-    pool's pre-ping lets a dead connection's socket error out.
+    pool's pre-ping lets a dead connection's error out instead of replacing the connection.
 
     With ``pool_pre_ping`` the pool tests a connection before handing it out and, when the test
-    fails with the driver's disconnect error, replaces it (psycopg, psycopg2). pg8000 (1.31) lets
-    the socket's own ``ConnectionResetError`` out of that test unwrapped, which the pool passes on
-    after discarding that one connection; after a restart or terminated backends every idle
-    pooled connection is just as dead. So an ``OSError`` from a checkout is tried again, once per
-    connection still idle in the pool and once more for a new one (whose failure to connect is
-    the driver's own, wrapped, error)."""
+    fails with what the dialect knows as a disconnect, replaces it. Two drivers let other errors
+    out of that test, which the pool passes on after discarding that one connection: pg8000
+    (1.31) the socket's own ``ConnectionResetError``, unwrapped; psycopg, when the server closes
+    the socket during the test's ``SELECT 1``, a ``ProgrammingError`` ("can't change 'autocommit'
+    now") from SQLAlchemy's ping putting the connection's autocommit back. After a restart or
+    terminated backends every idle pooled connection is just as dead. So such an error is tried
+    again, once per connection idle in the pool when it happened (the one just discarded, which
+    reconnects without a test, is among them) and, for ``OSError``, once more. A failure to
+    connect (``OperationalError``, or pg8000's ``InterfaceError``) is never tried again here."""
     retries: int | None = None
     while True:
         try:
             return checkout()
-        except OSError:
+        except (OSError, sa.exc.DBAPIError) as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and (
+                isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+                or exc.connection_invalidated
+            ):
+                raise
             if retries is None:
                 idle: Any = getattr(pool, "checkedin", None)
-                retries = (idle() if callable(idle) else 0) + 1
+                retries = (idle() if callable(idle) else 0) + isinstance(exc, OSError)
             if retries <= 0:
                 raise
             retries -= 1

@@ -321,6 +321,83 @@ def test_calls_get_past_a_pool_of_connections_the_server_closed(
         engine.dispose()
 
 
+def test_calls_get_past_a_pre_ping_that_fails_with_a_non_disconnect_error(
+    pg_scheduler_url: str, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the server closes the socket during psycopg's pre-ping, SQLAlchemy's ping can fail
+    # putting autocommit back ("can't change 'autocommit' now"), a ProgrammingError the dialect
+    # does not read as a disconnect: the pool discards that connection and passes the error on
+    # (seen once in CI on PostgreSQL 15). Here every dead connection's ping fails that way, so
+    # each checkout of the dead pool does; the scheduler's calls must still succeed.
+    # In the race the connection does not yet read as closed, so the dialect's is_disconnect
+    # says no; here the ping's error is marked and is_disconnect says no to it.
+    engine = sa.create_engine(pg_scheduler_url, pool_size=4, max_overflow=0, pool_pre_ping=True)
+    dialect: Any = engine.dialect
+    real_ping, real_is_disconnect = dialect.do_ping, dialect.is_disconnect
+    raced: list[BaseException] = []
+
+    def ping_as_in_the_race(dbapi_connection: Any) -> bool:
+        try:
+            return bool(real_ping(dbapi_connection))
+        except dialect.loaded_dbapi.Error as exc:
+            if not real_is_disconnect(exc, dbapi_connection, None):
+                raise
+            raced.append(
+                dialect.loaded_dbapi.ProgrammingError(
+                    "can't change 'autocommit' now: connection in transaction status ACTIVE"
+                )
+            )
+            raise raced[-1] from exc
+
+    def is_disconnect(exc: Any, connection: Any, cursor: Any) -> bool:
+        return not any(exc is e for e in raced) and bool(
+            real_is_disconnect(exc, connection, cursor)
+        )
+
+    monkeypatch.setattr(dialect, "do_ping", ping_as_in_the_race)
+    monkeypatch.setattr(dialect, "is_disconnect", is_disconnect)
+    admin = sa.create_engine(
+        pg_scheduler_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+    ).connect()
+    s = Scheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
+    s.one_time("ping_race")(lambda ctx: None)
+
+    def kill_the_pool() -> None:
+        held = [engine.connect() for _ in range(4)]
+        pids = [conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for conn in held]
+        for conn in held:
+            conn.rollback()
+            conn.close()
+        admin.execute(
+            sa.text("SELECT pg_terminate_backend(p) FROM unnest(:pids) p").bindparams(
+                sa.bindparam("pids", pids, type_=INTEGERS)
+            )
+        )
+        # Wait until the backends are gone, so every pooled connection's ping fails.
+        wait_until(
+            lambda: (
+                not admin.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"
+                    ).bindparams(sa.bindparam("pids", pids, type_=INTEGERS))
+                ).scalar_one()
+            ),
+            timeout=10,
+        )
+
+    try:
+        for _ in range(3):
+            kill_the_pool()
+            key = s.enqueue("ping_race")
+            kill_the_pool()
+            assert s.get_job(key) is not None
+        assert raced, "no ping failed: the test did not reach the case it is about"
+    finally:
+        s.shutdown()
+        admin.close()
+        engine.dispose()
+
+
 def test_a_connection_closed_under_a_call_reads_as_unavailable(
     pg_scheduler_url: str, names: Names
 ) -> None:
