@@ -64,7 +64,7 @@ from .scheduler import (
     unavailable,
 )
 from .states import JobStatus, JobType
-from .timeouts import CLIENT_GRACE_SECONDS, set_local_statement_timeout
+from .timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from .workers import Inflight, RunningJob, StopReason
 
 T = TypeVar("T")
@@ -142,7 +142,9 @@ class AsyncScheduler:
         answers); the task is then cancelled and SQLAlchemy discards the connection."""
 
         def work(sync_session: Session) -> T:
-            set_local_statement_timeout(sync_session, self.config.statement_timeout)
+            set_local_timeouts(
+                sync_session, self.config.statement_timeout, self.config.no_heartbeat_timeout
+            )
             return fn(self.repository(sync_session))
 
         async def run() -> T:

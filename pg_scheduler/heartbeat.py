@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from .connections import connect
 from .repository import JobRepository
-from .timeouts import set_local_statement_timeout
+from .timeouts import set_local_timeouts
 from .workers import Inflight, RunningJob, StopReason
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ class Heartbeat:
                     Session(bind=conn) as session,
                     session.begin(),
                 ):
-                    set_local_statement_timeout(session, s.config.statement_timeout)
+                    set_local_timeouts(
+                        session, s.config.statement_timeout, s.config.no_heartbeat_timeout
+                    )
                     held, requested = renew(
                         JobRepository(session, s.models),
                         s.node_id,

@@ -56,7 +56,7 @@ from .repository import (
     shares_one_statement,
 )
 from .states import JobStatus, JobType
-from .timeouts import Deadlines, set_local_statement_timeout
+from .timeouts import Deadlines, set_local_timeouts
 from .workers import (
     EventLoopThread,
     Inflight,
@@ -136,7 +136,9 @@ class Scheduler:
                 conn = past_dead_connections(session.connection, self.engine.pool)
                 try:
                     with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
-                        set_local_statement_timeout(conn, self.config.statement_timeout)
+                        set_local_timeouts(
+                            conn, self.config.statement_timeout, self.config.no_heartbeat_timeout
+                        )
                         yield self.repository(session)
                 except OSError:
                     conn.invalidate()  # see ``_Autocommit.__exit__``

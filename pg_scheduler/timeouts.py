@@ -5,6 +5,10 @@ Two layers, both from ``SchedulerConfig.statement_timeout``:
 * **Server side**: every transaction the scheduler opens starts with
   ``set_config('statement_timeout', …, true)``. The setting is transaction-local, so it never
   leaks into the application's pooled connections. It ends slow statements and lock waits.
+  The same statement sets ``idle_in_transaction_session_timeout`` (to ``no_heartbeat_timeout``)
+  for the transaction: a node paused or hung between two statements of a transaction (a heartbeat
+  holds its jobs' rows locked until its COMMIT) would otherwise keep those locks for as long as it
+  stays paused, and no other node could take its jobs back. The server ends such a session instead.
 * **Client side**: a server-side timeout cannot fire when the server never receives the statement
   (a black-holed network, a hung pooler or proxy): the driver then waits for a reply forever. The
   ``Deadlines`` watchdog shuts down the socket of a connection whose guarded block has outlived
@@ -37,12 +41,23 @@ CLIENT_GRACE_SECONDS = 1.0
 _CHECK_SECONDS = 0.1
 
 
-def set_local_statement_timeout(conn: sa.Connection | Any, timeout: dt.timedelta | None) -> None:
-    """Bound every statement of the current transaction (transaction-local: no leak)."""
-    if timeout is None:
-        return
-    ms = max(1, int(timeout.total_seconds() * 1000))
-    conn.execute(sa.select(sa.func.set_config("statement_timeout", f"{ms}ms", True)))
+def set_local_timeouts(
+    conn: sa.Connection | Any,
+    statement_timeout: dt.timedelta | None,
+    idle_timeout: dt.timedelta | None = None,
+) -> None:
+    """Bound every statement of the current transaction, and how long the transaction may sit
+    idle between two statements, in one round trip (transaction-local: no leak)."""
+    settings = [
+        sa.func.set_config(name, f"{max(1, int(timeout.total_seconds() * 1000))}ms", True)
+        for name, timeout in (
+            ("statement_timeout", statement_timeout),
+            ("idle_in_transaction_session_timeout", idle_timeout),
+        )
+        if timeout is not None
+    ]
+    if settings:
+        conn.execute(sa.select(*settings))
 
 
 class _Watch:

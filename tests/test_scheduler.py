@@ -654,6 +654,50 @@ def test_a_lost_lease_drops_the_late_outcome(
     assert any(getattr(r, "event", "") == "job.lease_lost" for r in caplog.records)
 
 
+def test_a_node_hung_inside_its_heartbeat_hands_its_job_back(
+    make_scheduler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node paused or hung between two statements of its heartbeat transaction keeps its jobs'
+    # rows locked until that transaction ends (seen in CI: a node stopped with SIGSTOP at that
+    # moment). The server must end the transaction, so that another node takes the job back
+    # within the promised bound, not when (or if) the hung node wakes up.
+    import pg_scheduler.heartbeat as heartbeat_module
+
+    first, second = make_scheduler(), make_scheduler()
+    hung, wake = threading.Event(), threading.Event()
+    real_renew = heartbeat_module.renew
+
+    def renew(repo: Any, node_id: str, leases: list[Any], *args: Any) -> Any:
+        if node_id == first.node_id and leases:
+            repo.heartbeat(node_id, leases)  # the job's row is now locked until COMMIT
+            hung.set()
+            wake.wait(30)
+        return real_renew(repo, node_id, leases, *args)
+
+    monkeypatch.setattr(heartbeat_module, "renew", renew)
+    attempts: list[int] = []
+
+    def sticky(ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            wake.wait(30)  # runs on the hung node until the end of the test
+
+    first.one_time("sticky")(sticky)
+    second.one_time("sticky")(sticky)
+    try:
+        with first:
+            key = first.enqueue("sticky", retries=1)  # a stalled attempt is retried
+            wait_until(hung.is_set)
+            with second:
+                # 1.5 s without a heartbeat, then a maintenance pass (0.3 s), then attempt 2 (on
+                # either node: the first one's poller is not hung).
+                wait_until(lambda: status(second, key) is JobStatus.COMPLETED, timeout=20)
+            assert attempts == [1, 2]
+            wake.set()
+    finally:
+        wake.set()
+
+
 def test_decorators_for_plain_functions(make_scheduler: Any) -> None:
     s = make_scheduler()
     seen: list[Any] = []
