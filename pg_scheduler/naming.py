@@ -41,6 +41,12 @@ _JOB_SUFFIXES = (
     "running_ix",
     "finished_ix",
     "name_ix",
+    # Domains (pgs_0005): the types of the columns whose one-column rule they carry.
+    "status_t",
+    "job_type_t",
+    "misfire_t",
+    "count_t",
+    "name_t",
 )
 _RUN_SUFFIXES = ("pkey", "status_ck", "lease_uq", "tick_uq", "job_key_ix", "finished_ix", "id_seq")
 _NODE_SUFFIXES = ("pkey", "last_seen_ix")
@@ -89,7 +95,7 @@ class Names:
 
     # -- constraints and indexes ---------------------------------------------------------------
     def job(self, suffix: str) -> str:
-        """Name of a constraint or index of the jobs table, e.g. ``job("due_ix")``."""
+        """Name of a constraint, index or column domain of the jobs table, e.g. ``job("due_ix")``."""
         if suffix not in _JOB_SUFFIXES:
             raise KeyError(suffix)
         return f"{self.jobs_table}_{suffix}"

@@ -148,7 +148,8 @@ def cleanup(engine: sa.Engine) -> Iterator[Callable[[Names], Names]]:
 
 
 def catalog_names(engine: sa.Engine, names: Names) -> set[str]:
-    """Every relation and constraint name in the schema of ``names`` (which holds nothing else)."""
+    """Every relation, constraint and domain name in the schema of ``names`` (which holds nothing
+    else)."""
     query = sa.text(
         """
         SELECT c.relname FROM pg_class c
@@ -157,6 +158,10 @@ def catalog_names(engine: sa.Engine, names: Names) -> set[str]:
         SELECT con.conname FROM pg_constraint con
           WHERE con.connamespace = to_regnamespace(coalesce(:schema, current_schema()))
             AND con.contype <> 'n'
+        UNION
+        SELECT t.typname FROM pg_type t
+          WHERE t.typnamespace = to_regnamespace(coalesce(:schema, current_schema()))
+            AND t.typtype = 'd'
         """
     )
     with engine.connect() as conn:
@@ -210,7 +215,7 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
 
     assert runs_storage(engine, names) is None
     migrations.upgrade(engine, names=names)
-    assert migrations.current(engine, names=names) == "pgs_0004" == migrations.head()
+    assert migrations.current(engine, names=names) == "pgs_0005" == migrations.head()
     assert not dropped & catalog_names(engine, names)
     assert runs_storage(engine, names) == ["fillfactor=50"]
     with engine.connect() as conn:
@@ -220,6 +225,61 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
     assert dropped <= catalog_names(engine, names)
     assert runs_storage(engine, names) is None
     assert migrations.current(engine, names=names) == "pgs_0001"
+
+
+def test_the_column_domains_keep_every_row_in_place_and_every_rule(
+    engine: sa.Engine, cleanup: Callable[[Names], Names]
+) -> None:
+    # pgs_0005 moves the one-column rules from table CHECKs onto domains: the rows stay where
+    # they are (no rewrite), and a bad value is refused before, after and after a downgrade,
+    # under the same constraint name.
+    names = cleanup(Names(unique("d") + "_"))
+    migrations.upgrade(engine, names=names, revision="pgs_0004")
+    models = build_models(names)
+    jobs = models.jobs
+    with engine.begin() as conn:
+        repo = JobRepository(conn, models)
+        keys = [repo.insert_one_time(OneTimeSpec("kept", {"i": i}, retries=i)) for i in range(50)]
+    filenode = sa.text("SELECT pg_relation_filenode(to_regclass(:table))")
+    rows = sa.select(jobs.c.key, jobs.c.name, jobs.c.status, jobs.c.max_retries, jobs.c.params)
+    bad_values = [
+        ("status_ck", {"status": "bogus"}),
+        ("job_type_ck", {"job_type": "bogus"}),
+        ("misfire_ck", {"misfire": "bogus"}),
+        ("counts_ck", {"attempt": -1}),
+        ("counts_ck", {"consecutive_failures": -1}),
+        ("name_ck", {"name": ""}),
+        ("name_ck", {"name": "n" * 201}),
+    ]
+
+    def refused_as_before() -> None:
+        # (pg8000 reports a check violation as a ProgrammingError, the others as IntegrityError.)
+        for constraint, values in bad_values:
+            update = sa.update(jobs).where(jobs.c.key == keys[0]).values(values)
+            with (
+                pytest.raises(sa.exc.DBAPIError, match=re.escape(names.job(constraint))),
+                engine.begin() as conn,
+            ):
+                conn.execute(update)
+
+    with engine.connect() as conn:
+        before = conn.execute(filenode, {"table": names.jobs_table}).scalar_one()
+        content = conn.execute(rows.order_by(jobs.c.key)).all()
+    refused_as_before()
+
+    migrations.upgrade(engine, names=names)
+    domains = {names.job(s) for s in ("status_t", "job_type_t", "misfire_t", "count_t", "name_t")}
+    assert domains <= catalog_names(engine, names)
+    with engine.connect() as conn:
+        assert conn.execute(filenode, {"table": names.jobs_table}).scalar_one() == before
+        assert conn.execute(rows.order_by(jobs.c.key)).all() == content
+    refused_as_before()
+
+    migrations.downgrade(engine, names=names, revision="pgs_0004")
+    assert not domains & catalog_names(engine, names)
+    with engine.connect() as conn:
+        assert conn.execute(rows.order_by(jobs.c.key)).all() == content
+    refused_as_before()
 
 
 def runs_storage(engine: sa.Engine, names: Names) -> Any:
@@ -369,7 +429,8 @@ def test_the_revisions_are_found_from_this_install() -> None:
     assert (location / "versions" / "pgs_0002_lighter_run_history.py").is_file()
     assert (location / "versions" / "pgs_0003_no_name_index.py").is_file()
     assert (location / "versions" / "pgs_0004_runs_fillfactor.py").is_file()
-    assert migrations.head() == "pgs_0004"
+    assert (location / "versions" / "pgs_0005_column_domains.py").is_file()
+    assert migrations.head() == "pgs_0005"
 
 
 # ---------------------------------------------------------------- models == migrations
@@ -395,6 +456,13 @@ CATALOG_SQL = sa.text(
       FROM pg_constraint con
       JOIN pg_class c ON c.oid = con.conrelid
      WHERE con.connamespace = to_regnamespace(:schema)
+    UNION ALL
+    SELECT 'domain', t.typname, coalesce(con.conname, ''),
+           format_type(t.typbasetype, t.typtypmod) || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END,
+           coalesce(pg_get_constraintdef(con.oid), '')
+      FROM pg_type t
+      LEFT JOIN pg_constraint con ON con.contypid = t.oid AND con.contype = 'c'
+     WHERE t.typnamespace = to_regnamespace(:schema) AND t.typtype = 'd'
     UNION ALL
     SELECT 'index', t.relname, i.relname, '', pg_get_indexdef(i.oid)
       FROM pg_index x
@@ -425,7 +493,7 @@ def catalog(engine: sa.Engine, names: Names) -> Catalog:
     with engine.connect() as conn:
         rows = conn.execute(CATALOG_SQL, {"schema": names.schema}).all()
     return {
-        (kind, table, name, detail, definition.replace(qualified, ""))
+        (kind, table, name, detail.replace(qualified, ""), definition.replace(qualified, ""))
         for kind, table, name, detail, definition in rows
         if table not in version and name not in version
     }
@@ -500,19 +568,18 @@ def test_the_catalog_comparison_catches_what_autogenerate_misses(
     """A CHECK constraint with another condition (or another name) passes compare_metadata."""
     migrated, modelled = migrated_and_modelled(engine, schemas, "drift_")
     jobs = build_models(modelled).jobs
-    status_ck = modelled.job("status_ck")
+    next_run_ck = modelled.job("next_run_ck")
+    weaker = "status <> 'pending' OR next_run IS NOT NULL"
     with engine.begin() as conn:
         conn.execute(
-            sa.schema.DropConstraint(sa.CheckConstraint("true", name=status_ck, table=jobs))
+            sa.schema.DropConstraint(sa.CheckConstraint("true", name=next_run_ck, table=jobs))
         )
         conn.execute(
-            sa.schema.AddConstraint(
-                sa.CheckConstraint("status IN ('pending', 'running')", name=status_ck, table=jobs)
-            )
+            sa.schema.AddConstraint(sa.CheckConstraint(weaker, name=next_run_ck, table=jobs))
         )
     assert _autogenerate_diff(engine, modelled) == []
     difference = catalog(engine, migrated) ^ catalog(engine, modelled)
-    assert {row[2] for row in difference} == {status_ck}
+    assert {row[2] for row in difference} == {next_run_ck}
 
 
 # ---------------------------------------------------------------- offline SQL and `alembic`
@@ -537,7 +604,7 @@ def test_offline_sql_creates_the_schema_first_and_names_only_this_installation()
     assert "DROP INDEX offline_jobs.off_job_runs_job_key_ix" in sql  # the second revision
     assert "SET version_num='pgs_0002' WHERE" in sql
     assert "DROP INDEX offline_jobs.off_scheduled_jobs_name_ix" in sql  # the third
-    assert "SET version_num='pgs_0004' WHERE" in sql
+    assert "SET version_num='pgs_0005' WHERE" in sql
     assert sql.rstrip().endswith("COMMIT;")
     tokens = our_tokens(sql)
     assert tokens <= set(names.identifiers())
@@ -585,7 +652,7 @@ def test_alembic_command_line_in_the_repository(
 
     alembic("upgrade", "head")
     assert migrations.current(engine, names=names) == migrations.head()
-    assert "pgs_0004 (head)" in alembic("current")
+    assert "pgs_0005 (head)" in alembic("current")
     alembic("downgrade", "base")
     assert migrations.current(engine, names=names) is None
     assert installed_tables(engine, names) == set()
@@ -673,6 +740,7 @@ def test_the_wheel_ships_the_alembic_environment(wheel: Path) -> None:
         "pg_scheduler/_alembic/versions/pgs_0002_lighter_run_history.py",
         "pg_scheduler/_alembic/versions/pgs_0003_no_name_index.py",
         "pg_scheduler/_alembic/versions/pgs_0004_runs_fillfactor.py",
+        "pg_scheduler/_alembic/versions/pgs_0005_column_domains.py",
         "pg_scheduler/py.typed",
         "pg_scheduler/migrations.py",
     ):
