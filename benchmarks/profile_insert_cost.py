@@ -4,16 +4,17 @@
     python -m benchmarks.profile_insert_cost --rounds 40 --batch 50 --temporary
 
 Sends the INSERT that ``Scheduler.enqueue`` sends (without its NOTIFY) through raw psycopg in
-autocommit, one durable commit each, into copies of the jobs table that differ in one thing: the
-table as installed; no CHECK constraints; only the four DESIGN.md asks for (status, lease, cron,
-next run); all eight merged into one; all eight inside one PL/pgSQL function that one CHECK
-calls (its expression is set up once per session, not planned again for every statement);
-``key`` and ``name`` in the "C" collation. Prints the mean time per INSERT of each, round after
-round (the VM's speed drifts: compare within a round). With ``--batch`` every round sends that
-many INSERTs to each copy in turn (the order reversed every other round) and the median round
-of each copy is printed: small interleaved batches are what holds still on a noisy machine.
-``--temporary`` makes every copy a TEMPORARY table: no WAL flush at commit, so what the
-constraints cost the server's CPU is a larger share of each figure.
+autocommit, one durable commit each, into copies of the jobs table that differ in their rules:
+the table as installed (since pgs_0005 the five one-column rules are checks of domains, which
+PostgreSQL prepares once per session, and three CHECKs on the table); the eight rules as table
+CHECKs on plain columns, as before pgs_0005 (PostgreSQL rebuilds a table's CHECKs for every
+statement); no rule at all; all eight inside one PL/pgSQL function that one CHECK calls. Prints
+the mean time per INSERT of each, round after round (the VM's speed drifts: compare within a
+round). With ``--batch`` every round sends that many INSERTs to each copy in turn (the order
+reversed every other round) and the median round of each copy is printed: small interleaved
+batches are what holds still on a noisy machine. ``--temporary`` makes every copy a TEMPORARY
+table: no WAL flush at commit, so what the rules cost the server's CPU is a larger share of
+each figure.
 Starts its own embedded PostgreSQL unless ``--url``.
 """
 
@@ -29,7 +30,27 @@ from benchmarks.profile_drain import arguments, installed
 from benchmarks.profile_enqueue import enqueue_statement, mean_ms
 
 TABLE = ours.JOBS_TABLE
-DESIGN_CHECKS = ("status", "lease", "cron", "next_run")
+
+
+#: The jobs table's rules as pgs_0001-pgs_0004 wrote them: eight CHECKs on the table, on plain
+#: text and integer columns. pgs_0005 moved the five one-column rules onto domains.
+TABLE_CHECKS = (
+    "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
+    "job_type IN ('recurring', 'one_time')",
+    "misfire IN ('coalesce', 'skip', 'all')",
+    "attempt >= 0 AND max_retries >= 0 AND consecutive_failures >= 0",
+    "char_length(name) BETWEEN 1 AND 200",
+)
+#: The columns a domain types since pgs_0005, and their base types.
+DOMAIN_COLUMNS = {
+    "status": "text",
+    "job_type": "text",
+    "misfire": "text",
+    "name": "text",
+    "attempt": "integer",
+    "max_retries": "integer",
+    "consecutive_failures": "integer",
+}
 
 
 def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str, str]:
@@ -42,19 +63,23 @@ def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str
     ).fetchall()
     like = f"(LIKE {TABLE} INCLUDING DEFAULTS INCLUDING INDEXES)"
     create = "CREATE TEMPORARY TABLE" if temporary else "CREATE TABLE"
+    plain = ", ".join(f"ALTER COLUMN {c} TYPE {t}" for c, t in DOMAIN_COLUMNS.items())
     installed = TABLE
     if temporary:
         installed = "cost_installed"
         raw.execute(f"{create} {installed} (LIKE {TABLE} INCLUDING ALL)")
+    # The columns in their base types: no domain checks.
     raw.execute(f"{create} cost_no_checks {like}")
-    raw.execute(f"{create} cost_design_checks {like}")
-    for name, definition in checks:
-        if any(f"_{word}_ck" in name for word in DESIGN_CHECKS):
-            raw.execute(f"ALTER TABLE cost_design_checks ADD CONSTRAINT c_{name} {definition}")
-    raw.execute(f"{create} cost_merged {like}")
-    merged = " AND ".join(f"({definition.removeprefix('CHECK ')})" for _, definition in checks)
-    raw.execute(f"ALTER TABLE cost_merged ADD CONSTRAINT cost_merged_ck CHECK ({merged})")
+    raw.execute(f"ALTER TABLE cost_no_checks {plain}")
+    raw.execute(f"{create} cost_table_checks (LIKE {TABLE} INCLUDING ALL)")
+    raw.execute(f"ALTER TABLE cost_table_checks {plain}")
+    for i, condition in enumerate(TABLE_CHECKS):
+        raw.execute(f"ALTER TABLE cost_table_checks ADD CONSTRAINT c_{i} CHECK ({condition})")
     # The same eight conditions, evaluated by PL/pgSQL: the CHECK is one function call.
+    merged = " AND ".join(
+        [f"({c})" for c in TABLE_CHECKS]
+        + [f"({definition.removeprefix('CHECK ')})" for _, definition in checks]
+    )
     schema = "pg_temp" if temporary else "public"
     raw.execute(
         f"CREATE FUNCTION {schema}.cost_job_valid(status text, job_type text, misfire text,"
@@ -64,23 +89,17 @@ def copies(raw: psycopg.Connection[Any], *, temporary: bool = False) -> dict[str
         f" AS $$ BEGIN RETURN {merged}; END $$"
     )
     raw.execute(f"{create} cost_plpgsql {like}")
+    raw.execute(f"ALTER TABLE cost_plpgsql {plain}")
     raw.execute(
         f"ALTER TABLE cost_plpgsql ADD CONSTRAINT cost_plpgsql_ck CHECK ({schema}.cost_job_valid("
         "status, job_type, misfire, lease_id, node_id, heartbeat_at, cron, next_run,"
         " scheduled_at, attempt, max_retries, consecutive_failures, name))"
     )
-    raw.execute(f"{create} cost_c_collation (LIKE {TABLE} INCLUDING ALL)")
-    raw.execute(
-        'ALTER TABLE cost_c_collation ALTER COLUMN key TYPE text COLLATE "C",'
-        ' ALTER COLUMN name TYPE text COLLATE "C"'
-    )
     return {
-        "as installed (8 CHECKs)": installed,
+        "as installed (5 domain checks + 3 CHECKs)": installed,
+        "8 table CHECKs (before pgs_0005)": "cost_table_checks",
         "no CHECK": "cost_no_checks",
-        "DESIGN's 4 CHECKs": "cost_design_checks",
-        "8 CHECKs merged": "cost_merged",
         "8 in one PL/pgSQL CHECK": "cost_plpgsql",
-        'key, name COLLATE "C"': "cost_c_collation",
     }
 
 
