@@ -100,6 +100,14 @@ def _domain(names: Names, column: str) -> DomainText | DomainInteger:
     raise KeyError(column)
 
 
+def _domain_column(column: str, **kw: Any) -> Any:
+    """A mixin column typed by its installation's domain, NOT NULL: built when the model is
+    mapped, from the ``Names`` of its base (a lambda's annotation does not say NOT NULL)."""
+    return declared_attr(
+        lambda cls: mapped_column(_domain(cls.__names__, column), nullable=False, **kw)
+    )
+
+
 def _create_domains(target: sa.Table, connection: sa.Connection, **kw: Any) -> None:
     # With the table, in a ``create_all`` (tests compare it with what the migrations make).
     for domain in job_domains(target.info["pg_scheduler.names"]):
@@ -154,35 +162,15 @@ class ScheduledJobRow(TablePrefixMixin):
     finished_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
 
     # The columns whose one-column rule a domain carries (JOB_DOMAINS): declared per installation.
-    @declared_attr
-    def name(cls) -> Mapped[str]:
-        return mapped_column(_domain(cls.__names__, "name"))
-
-    @declared_attr
-    def job_type(cls) -> Mapped[str]:
-        return mapped_column(_domain(cls.__names__, "job_type"))
-
-    @declared_attr
-    def misfire(cls) -> Mapped[str]:
-        return mapped_column(_domain(cls.__names__, "misfire"), server_default="coalesce")
-
-    @declared_attr
-    def status(cls) -> Mapped[str]:
-        return mapped_column(_domain(cls.__names__, "status"), server_default="pending")
-
+    name: Mapped[str] = _domain_column("name")
+    job_type: Mapped[str] = _domain_column("job_type")
+    misfire: Mapped[str] = _domain_column("misfire", server_default="coalesce")
+    status: Mapped[str] = _domain_column("status", server_default="pending")
     # Attempts made for the current tick (recurring) or run request (one-time); 1-based once claimed.
-    @declared_attr
-    def attempt(cls) -> Mapped[int]:
-        return mapped_column(_domain(cls.__names__, "attempt"), server_default="0")
-
+    attempt: Mapped[int] = _domain_column("attempt", server_default="0")
     # retries = N allows N + 1 attempts.
-    @declared_attr
-    def max_retries(cls) -> Mapped[int]:
-        return mapped_column(_domain(cls.__names__, "max_retries"), server_default="0")
-
-    @declared_attr
-    def consecutive_failures(cls) -> Mapped[int]:
-        return mapped_column(_domain(cls.__names__, "consecutive_failures"), server_default="0")
+    max_retries: Mapped[int] = _domain_column("max_retries", server_default="0")
+    consecutive_failures: Mapped[int] = _domain_column("consecutive_failures", server_default="0")
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:

@@ -285,6 +285,25 @@ def test_node_survives_terminated_backends(make_scheduler: Any, engine: sa.Engin
         wait_until(lambda: status(s, second) is JobStatus.COMPLETED, timeout=10)
 
 
+def kill_the_pool(engine: sa.Engine, admin: sa.Connection, *, wait: bool = False) -> None:
+    """Terminate the backends of all four connections of ``engine``'s pool (they stay pooled,
+    dead). ``wait``: until they are gone, so that every pooled connection's ping fails; without
+    it, a ping may meet a backend still exiting (what pg8000 sees as a reset)."""
+    held = [engine.connect() for _ in range(4)]
+    pids = sa.bindparam(
+        "pids",
+        [conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for conn in held],
+        type_=INTEGERS,
+    )
+    for conn in held:
+        conn.rollback()
+        conn.close()
+    admin.execute(sa.text("SELECT pg_terminate_backend(p) FROM unnest(:pids) p").bindparams(pids))
+    if wait:
+        alive = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)")
+        wait_until(lambda: not admin.execute(alive.bindparams(pids)).scalar_one(), timeout=10)
+
+
 def test_calls_get_past_a_pool_of_connections_the_server_closed(
     pg_scheduler_url: str, names: Names
 ) -> None:
@@ -298,22 +317,11 @@ def test_calls_get_past_a_pool_of_connections_the_server_closed(
     ).connect()
     s = Scheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
     s.one_time("past_dead")(lambda ctx: None)
-    terminate = sa.text("SELECT pg_terminate_backend(p) FROM unnest(:pids) p")
-
-    def kill_the_pool() -> None:
-        held = [engine.connect() for _ in range(4)]
-        pids = [conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for conn in held]
-        for conn in held:
-            conn.rollback()
-            conn.close()
-        admin.execute(terminate.bindparams(sa.bindparam("pids", pids, type_=INTEGERS)))
-        # No wait for the backends to exit: a ping while they do is what pg8000 sees reset.
-
     try:
         for _ in range(4):
-            kill_the_pool()
+            kill_the_pool(engine, admin)
             key = s.enqueue("past_dead")
-            kill_the_pool()
+            kill_the_pool(engine, admin)
             assert s.get_job(key) is not None
     finally:
         s.shutdown()
@@ -362,34 +370,11 @@ def test_calls_get_past_a_pre_ping_that_fails_with_a_non_disconnect_error(
     s = Scheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
     s.one_time("ping_race")(lambda ctx: None)
 
-    def kill_the_pool() -> None:
-        held = [engine.connect() for _ in range(4)]
-        pids = [conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for conn in held]
-        for conn in held:
-            conn.rollback()
-            conn.close()
-        admin.execute(
-            sa.text("SELECT pg_terminate_backend(p) FROM unnest(:pids) p").bindparams(
-                sa.bindparam("pids", pids, type_=INTEGERS)
-            )
-        )
-        # Wait until the backends are gone, so every pooled connection's ping fails.
-        wait_until(
-            lambda: (
-                not admin.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"
-                    ).bindparams(sa.bindparam("pids", pids, type_=INTEGERS))
-                ).scalar_one()
-            ),
-            timeout=10,
-        )
-
     try:
         for _ in range(3):
-            kill_the_pool()
+            kill_the_pool(engine, admin, wait=True)
             key = s.enqueue("ping_race")
-            kill_the_pool()
+            kill_the_pool(engine, admin, wait=True)
             assert s.get_job(key) is not None
         assert raced, "no ping failed: the test did not reach the case it is about"
     finally:
