@@ -55,7 +55,8 @@ def _domain_name(type_: _Domain, compiler: Any, **kw: Any) -> str:
 #: The jobs table's one-column rules, each carried by a domain over the column's type instead of
 #: a CHECK on the table (pgs_0005). PostgreSQL prepares a domain's check once per session (its
 #: type cache) but rebuilds a table's CHECK from its stored tree in every statement that writes
-#: the table: half of what the eight CHECKs cost each enqueue. The rules are the same.
+#: the table: about a third of what the eight CHECKs cost each enqueue (~10 us; see
+#: ``benchmarks.profile_insert_cost``). The rules are the same.
 #: (domain suffix, base type, check constraint suffix, check, columns)
 JOB_DOMAINS: tuple[tuple[str, type[sa.types.TypeEngine[Any]], str, str, tuple[str, ...]], ...] = (
     (
