@@ -4,8 +4,9 @@
     py-spy record -o drain.svg -- python -m benchmarks.profile_drain --jobs 20000
     python -m benchmarks.profile_drain --cprofile drain.pstats
 
-Prints jobs/s and the statements the node sent per job, by statement (pg_stat_statements), so a
-change to the engine can be judged by both. Starts its own embedded PostgreSQL unless ``--url``.
+Prints jobs/s, the node's and (on this host, Linux) the server's CPU per job, and the statements
+the node sent per job, by statement (pg_stat_statements), so a change to the engine can be judged
+by all three. Starts its own embedded PostgreSQL unless ``--url``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import cProfile
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -63,6 +66,32 @@ def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:
             (dbname,),
         ).fetchall()
     return [(str(q), int(c), float(t)) for q, c, t in rows]
+
+
+def server_cpu_seconds(conn: Any) -> float | None:
+    """CPU seconds used so far by the server ``conn`` is connected to: its postmaster's own and
+    its children's, live ones from /proc and ended ones (reaped into the postmaster's counters).
+    None when the server is not on this host or /proc cannot tell (not Linux)."""
+    try:
+        backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        postmaster = _stat(backend)[1]
+        ticks = sum(_stat(postmaster)[2:6])  # utime, stime, cutime, cstime
+        for path in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(path.parent.name)
+                fields = _stat(pid)
+                if fields[1] == postmaster:
+                    ticks += sum(fields[2:4])  # a live child's own utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[int]:
+    """/proc/<pid>/stat's pid, ppid, utime, stime, cutime, cstime."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return [pid, int(fields[1]), *(int(fields[i]) for i in (11, 12, 13, 14))]
 
 
 def hot_updates(dsn: str, minimum: int) -> list[tuple[str, int, int]]:
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile() if args.cprofile else None
         polls = 0
         with _harness.admin_connection(db) as watch:
+            server_started = server_cpu_seconds(watch)
             started = time.perf_counter()
             cpu_started = os.times()
             if profiler:
@@ -133,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
             cpu = os.times()
+            server_ended = server_cpu_seconds(watch)
             if profiler:
                 profiler.disable()
         node.shutdown()
@@ -147,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     user = (cpu.user - cpu_started.user) * 1e6 / n
     system = (cpu.system - cpu_started.system) * 1e6 / n
     print(f"node process CPU per job: {user:.0f} us user, {system:.0f} us system")
+    if server_started is not None and server_ended is not None:
+        # The watcher's polls are in it too (a few us per job at most).
+        server_us = (server_ended - server_started) * 1e6 / n
+        print(f"server processes' CPU per job: {server_us:.0f} us (every backend and helper)")
     print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
     print(f"server execution time per job: {server_ms * 1000 / n:.0f} us (all statements)")
     for table, updates, hot in tables:
