@@ -74,6 +74,8 @@ def server_cpu_seconds(conn: Any) -> float | None:
     None when the server is not on this host or /proc cannot tell (not Linux)."""
     try:
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        if "postgres" not in Path(f"/proc/{backend}/comm").read_text():
+            return None  # another host's server: that pid here is some other process
         postmaster = _stat(backend)[1]
         ticks = sum(_stat(postmaster)[2:6])  # utime, stime, cutime, cstime
         for path in Path("/proc").glob("[0-9]*/stat"):
