@@ -142,9 +142,7 @@ class AsyncScheduler:
         answers); the task is then cancelled and SQLAlchemy discards the connection."""
 
         def work(sync_session: Session) -> T:
-            set_local_timeouts(
-                sync_session, self.config.statement_timeout, self.config.no_heartbeat_timeout
-            )
+            set_local_timeouts(sync_session, self.config)
             return fn(self.repository(sync_session))
 
         async def run() -> T:

@@ -61,9 +61,7 @@ class Heartbeat:
                     Session(bind=conn) as session,
                     session.begin(),
                 ):
-                    set_local_timeouts(
-                        session, s.config.statement_timeout, s.config.no_heartbeat_timeout
-                    )
+                    set_local_timeouts(session, s.config)
                     held, requested = renew(
                         JobRepository(session, s.models),
                         s.node_id,

@@ -136,9 +136,7 @@ class Scheduler:
                 conn = past_dead_connections(session.connection, self.engine.pool)
                 try:
                     with self.deadlines.guard(conn.connection.dbapi_connection, "a transaction"):
-                        set_local_timeouts(
-                            conn, self.config.statement_timeout, self.config.no_heartbeat_timeout
-                        )
+                        set_local_timeouts(conn, self.config)
                         yield self.repository(session)
                 except OSError:
                     conn.invalidate()  # see ``_Autocommit.__exit__``

@@ -29,9 +29,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from .config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +44,19 @@ CLIENT_GRACE_SECONDS = 1.0
 _CHECK_SECONDS = 0.1
 
 
-def set_local_timeouts(
-    conn: sa.Connection | Any,
-    statement_timeout: dt.timedelta | None,
-    idle_timeout: dt.timedelta | None = None,
-) -> None:
-    """Bound every statement of the current transaction, and how long the transaction may sit
-    idle between two statements, in one round trip (transaction-local: no leak)."""
+def set_local_timeouts(conn: sa.Connection | Any, config: SchedulerConfig) -> None:
+    """Bound every statement of the current transaction (``statement_timeout``), and how long the
+    transaction may sit idle between two statements (``no_heartbeat_timeout``), in one round trip
+    (transaction-local: no leak)."""
     settings = [
         sa.func.set_config(name, f"{max(1, int(timeout.total_seconds() * 1000))}ms", True)
         for name, timeout in (
-            ("statement_timeout", statement_timeout),
-            ("idle_in_transaction_session_timeout", idle_timeout),
+            ("statement_timeout", config.statement_timeout),
+            ("idle_in_transaction_session_timeout", config.no_heartbeat_timeout),
         )
         if timeout is not None
     ]
-    if settings:
-        conn.execute(sa.select(*settings))
+    conn.execute(sa.select(*settings))
 
 
 class _Watch:
