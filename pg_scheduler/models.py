@@ -73,7 +73,7 @@ JOB_DOMAINS: tuple[tuple[str, type[sa.types.TypeEngine[Any]], str, str, tuple[st
         sa.Integer,
         "counts_ck",
         "VALUE >= 0",
-        ("attempt", "max_retries", "consecutive_failures"),
+        ("attempt", "max_retries", "consecutive_failures", "lost_leases"),
     ),
     ("name_t", sa.Text, "name_ck", "char_length(VALUE) BETWEEN 1 AND 200", ("name",)),
 )
@@ -101,11 +101,12 @@ def _domain(names: Names, column: str) -> DomainText | DomainInteger:
     raise KeyError(column)
 
 
-def _domain_column(column: str, **kw: Any) -> Any:
-    """A mixin column typed by its installation's domain, NOT NULL: built when the model is
-    mapped, from the ``Names`` of its base (a lambda's annotation does not say NOT NULL)."""
+def _domain_column(column: str, *, nullable: bool = False, **kw: Any) -> Any:
+    """A mixin column typed by its installation's domain (NOT NULL unless ``nullable``): built
+    when the model is mapped, from the ``Names`` of its base (a lambda's annotation does not say
+    whether the column is nullable)."""
     return declared_attr(
-        lambda cls: mapped_column(_domain(cls.__names__, column), nullable=False, **kw)
+        lambda cls: mapped_column(_domain(cls.__names__, column), nullable=nullable, **kw)
     )
 
 
@@ -169,9 +170,15 @@ class ScheduledJobRow(TablePrefixMixin):
     status: Mapped[str] = _domain_column("status", server_default="pending")
     # Attempts made for the current tick (recurring) or run request (one-time); 1-based once claimed.
     attempt: Mapped[int] = _domain_column("attempt", server_default="0")
-    # retries = N allows N + 1 attempts.
-    max_retries: Mapped[int] = _domain_column("max_retries", server_default="0")
+    # retries = N allows N + 1 attempts; NULL (pgs_0006): the handler's, resolved by the node that
+    # runs the job. Attempts count failures only: a lost or handed-back run uses none.
+    max_retries: Mapped[int | None] = _domain_column(
+        "max_retries", nullable=True, server_default="0"
+    )
     consecutive_failures: Mapped[int] = _domain_column("consecutive_failures", server_default="0")
+    # Runs of the current run request or tick lost in a row (pgs_0006): their node died, hung or
+    # was cut off. Bounds a job that takes its node down on every run.
+    lost_leases: Mapped[int] = _domain_column("lost_leases", server_default="0")
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
@@ -247,11 +254,12 @@ class JobRunRow(TablePrefixMixin):
                 name=n.run("status_ck"),
             ),
             sa.UniqueConstraint("lease_id", name=n.run("lease_uq")),
-            # Tick identity is data: the same attempt of the same tick can be recorded only once,
-            # whatever the nodes believe.
-            # Also the index of a job's history, newest first (the tick, then the attempt). No
-            # other index: each is written twice per attempt (the claim, the outcome).
-            sa.UniqueConstraint("job_key", "scheduled_at", "attempt", name=n.run("tick_uq")),
+            # The index of a job's history, newest first (the tick, then the attempt). No other
+            # index: each is written twice per attempt (the claim, the outcome). Not unique since
+            # pgs_0006: a run handed back or lost and run again keeps its attempt number, so one
+            # attempt of one tick can have several rows; the job row's fenced transitions keep a
+            # tick from running twice at once.
+            sa.Index(n.run("tick_ix"), "job_key", "scheduled_at", "attempt"),
             # Half-empty pages (pgs_0004): the outcome update then finds room for the row's new
             # version on its own page and stays HOT (no new index entries), instead of half the
             # time. A storage parameter, so a DDL hook rather than a column or constraint.

@@ -48,7 +48,16 @@ _JOB_SUFFIXES = (
     "count_t",
     "name_t",
 )
-_RUN_SUFFIXES = ("pkey", "status_ck", "lease_uq", "tick_uq", "job_key_ix", "finished_ix", "id_seq")
+_RUN_SUFFIXES = (
+    "pkey",
+    "status_ck",
+    "lease_uq",
+    "tick_uq",
+    "tick_ix",
+    "job_key_ix",
+    "finished_ix",
+    "id_seq",
+)
 _NODE_SUFFIXES = ("pkey", "last_seen_ix")
 
 

@@ -288,7 +288,7 @@ def test_pattern_b_our_revisions_as_a_branch_of_the_hosts_history(host_b: Host) 
     names = host_b.names
     heads = host_b.ok("heads")
     assert "host_0001 (app) (head)" in heads
-    assert "pgs_0005 (pg_scheduler) (head)" in heads
+    assert "pgs_0006 (pg_scheduler) (head)" in heads
 
     # Two heads: "upgrade head" refuses; "upgrade heads" is the command.
     single = host_b.alembic("upgrade", "head")
@@ -298,7 +298,7 @@ def test_pattern_b_our_revisions_as_a_branch_of_the_hosts_history(host_b: Host) 
     # The host's own short -x options (here also -x schema=) do not steer our revisions.
     host_b.ok("-x", "table_prefix=host_option_", "upgrade", "heads")
     assert host_b.tables() == {"customers", "alembic_version"} | our_tables(names)
-    assert host_b.host_versions() == {"host_0001", "pgs_0005"}  # one version table for both
+    assert host_b.host_versions() == {"host_0001", "pgs_0006"}  # one version table for both
 
     # The host's autogenerate, with our metadata in its target, finds nothing to do.
     assert "No new upgrade operations detected" in host_b.ok("check")
@@ -310,7 +310,7 @@ def test_pattern_b_our_revisions_as_a_branch_of_the_hosts_history(host_b: Host) 
     assert host_b.tables() == {"customers", "alembic_version"}
     assert host_b.host_versions() == {"host_0001"}
     host_b.ok("upgrade", "pg_scheduler@head")
-    assert host_b.host_versions() == {"host_0001", "pgs_0005"}
+    assert host_b.host_versions() == {"host_0001", "pgs_0006"}
 
 
 def test_pattern_b_install_is_recognised_at_run_time(host_b: Host) -> None:

@@ -7,6 +7,7 @@ PostgreSQL behind ``PG_SCHEDULER_TEST_DSN`` persists between runs and is shared 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -215,7 +216,7 @@ def test_an_installation_of_the_first_revision_upgrades_with_its_data(
 
     assert runs_storage(engine, names) is None
     migrations.upgrade(engine, names=names)
-    assert migrations.current(engine, names=names) == "pgs_0005" == migrations.head()
+    assert migrations.current(engine, names=names) == "pgs_0006" == migrations.head()
     assert not dropped & catalog_names(engine, names)
     assert runs_storage(engine, names) == ["fillfactor=50"]
     with engine.connect() as conn:
@@ -280,6 +281,76 @@ def test_the_column_domains_keep_every_row_in_place_and_every_rule(
     with engine.connect() as conn:
         assert conn.execute(rows.order_by(jobs.c.key)).all() == content
     refused_as_before()
+
+
+def test_lost_runs_are_counted_and_retries_may_be_left_to_the_handler(
+    engine: sa.Engine, cleanup: Callable[[Names], Names]
+) -> None:
+    # pgs_0006: a lost_leases count on every row (0, no rewrite), max_retries may be NULL, and one
+    # attempt of one tick may have several run rows; a downgrade keeps each attempt's newest row.
+    names = cleanup(Names(unique("l") + "_"))
+    migrations.upgrade(engine, names=names, revision="pgs_0005")
+    jobs, runs = build_models(names).jobs, build_models(names).runs
+    filenode = sa.text("SELECT pg_relation_filenode(to_regclass(:table))")
+    old_jobs = sa.table(
+        names.jobs_table,
+        sa.column("key", sa.Text),
+        sa.column("name", sa.Text),
+        sa.column("job_type", sa.Text),
+        sa.column("max_retries", sa.Integer),
+        sa.column("next_run", sa.DateTime(timezone=True)),
+        sa.column("scheduled_at", sa.DateTime(timezone=True)),
+        schema=names.schema,
+    )
+    tick = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(old_jobs),
+            [
+                {
+                    "key": f"k#{i}",
+                    "name": "k",
+                    "job_type": "one_time",
+                    "max_retries": i,
+                    "next_run": tick,
+                    "scheduled_at": tick,
+                }
+                for i in range(3)
+            ],
+        )
+        before = conn.execute(filenode, {"table": names.jobs_table}).scalar_one()
+
+    migrations.upgrade(engine, names=names, revision="pgs_0006")
+    run = {"job_key": "k#0", "name": "k", "scheduled_at": tick, "attempt": 1, "node_id": "n"}
+    with engine.begin() as conn:
+        assert conn.execute(filenode, {"table": names.jobs_table}).scalar_one() == before
+        rows = conn.execute(
+            sa.select(jobs.c.key, jobs.c.max_retries, jobs.c.lost_leases).order_by(jobs.c.key)
+        ).all()
+        assert [tuple(r) for r in rows] == [("k#0", 0, 0), ("k#1", 1, 0), ("k#2", 2, 0)]
+        conn.execute(sa.update(jobs).where(jobs.c.key == "k#1").values(max_retries=None))
+        # The same attempt of the same tick, twice: a lost run and its rerun.
+        conn.execute(
+            sa.insert(runs),
+            [
+                {**run, "lease_id": uuid.uuid4(), "status": "lost"},
+                {**run, "lease_id": uuid.uuid4(), "status": "completed"},
+            ],
+        )
+    with (
+        pytest.raises(sa.exc.DBAPIError, match=re.escape(names.job("counts_ck"))),
+        engine.begin() as conn,
+    ):
+        conn.execute(sa.update(jobs).where(jobs.c.key == "k#0").values(lost_leases=-1))
+
+    migrations.downgrade(engine, names=names, revision="pgs_0005")
+    with engine.connect() as conn:
+        assert conn.execute(
+            sa.select(old_jobs.c.key, old_jobs.c.max_retries).order_by(old_jobs.c.key)
+        ).all() == [("k#0", 0), ("k#1", 0), ("k#2", 2)]
+        assert conn.execute(sa.select(runs.c.status)).scalars().all() == ["completed"]
+    assert names.run("tick_ix") not in catalog_names(engine, names)
+    assert names.run("tick_uq") in catalog_names(engine, names)
 
 
 def runs_storage(engine: sa.Engine, names: Names) -> Any:
@@ -430,7 +501,8 @@ def test_the_revisions_are_found_from_this_install() -> None:
     assert (location / "versions" / "pgs_0003_no_name_index.py").is_file()
     assert (location / "versions" / "pgs_0004_runs_fillfactor.py").is_file()
     assert (location / "versions" / "pgs_0005_column_domains.py").is_file()
-    assert migrations.head() == "pgs_0005"
+    assert (location / "versions" / "pgs_0006_lost_runs.py").is_file()
+    assert migrations.head() == "pgs_0006"
 
 
 # ---------------------------------------------------------------- models == migrations
@@ -604,7 +676,7 @@ def test_offline_sql_creates_the_schema_first_and_names_only_this_installation()
     assert "DROP INDEX offline_jobs.off_job_runs_job_key_ix" in sql  # the second revision
     assert "SET version_num='pgs_0002' WHERE" in sql
     assert "DROP INDEX offline_jobs.off_scheduled_jobs_name_ix" in sql  # the third
-    assert "SET version_num='pgs_0005' WHERE" in sql
+    assert "SET version_num='pgs_0006' WHERE" in sql
     assert sql.rstrip().endswith("COMMIT;")
     tokens = our_tokens(sql)
     assert tokens <= set(names.identifiers())
@@ -652,7 +724,7 @@ def test_alembic_command_line_in_the_repository(
 
     alembic("upgrade", "head")
     assert migrations.current(engine, names=names) == migrations.head()
-    assert "pgs_0005 (head)" in alembic("current")
+    assert "pgs_0006 (head)" in alembic("current")
     alembic("downgrade", "base")
     assert migrations.current(engine, names=names) is None
     assert installed_tables(engine, names) == set()
@@ -741,6 +813,7 @@ def test_the_wheel_ships_the_alembic_environment(wheel: Path) -> None:
         "pg_scheduler/_alembic/versions/pgs_0003_no_name_index.py",
         "pg_scheduler/_alembic/versions/pgs_0004_runs_fillfactor.py",
         "pg_scheduler/_alembic/versions/pgs_0005_column_domains.py",
+        "pg_scheduler/_alembic/versions/pgs_0006_lost_runs.py",
         "pg_scheduler/py.typed",
         "pg_scheduler/migrations.py",
     ):
