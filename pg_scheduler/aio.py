@@ -46,7 +46,7 @@ from .errors import (
 from .jobs import FunctionJob, Job, JobConfig
 from .models import Models, build_models
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import JobRegistry, schedule
+from .registry import Claimable, JobRegistry, schedule
 from .repository import (
     CancelResult,
     FinishResult,
@@ -225,6 +225,10 @@ class AsyncScheduler:
 
     def registered_names(self) -> list[str]:
         return self._registry.names()
+
+    def claimable(self) -> Claimable:
+        """The names this node claims, with their handlers' retries (see ``JobRepository.claim``)."""
+        return self._registry.claimable()
 
     def registered_job(self, name: str) -> Job | None:
         return self._registry.get(name)

@@ -83,13 +83,15 @@ class AsyncPoller(_Service):
         """Claim as many due jobs as there are free slots and start them."""
         s = self.scheduler
         free = s.inflight.free_slots(s.config.max_concurrent_jobs)  # jobs still in their code
-        names = s.registered_names()
+        names, retries = s.claimable()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
         # Autocommit, as in the threaded poller: the claim commits as it returns, so its jobs
         # start at once (their tasks run when this one next yields), before the next-due look-up.
         claimed, wait = await s.transaction(
-            lambda repo: claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch),
+            lambda repo: claim_due(
+                repo, s.node_id, names, free, on_claimed=self._dispatch, retries=retries
+            ),
             autocommit=True,
         )
         return PollResult(len(claimed), free, wait)

@@ -34,7 +34,9 @@ class JobRecord:
     next_run: dt.datetime | None
     scheduled_at: dt.datetime | None
     attempt: int
-    max_retries: int
+    max_retries: int | None
+    """Retries allowed (``retries=N``: N + 1 attempts). None: the enqueue left them to the
+    handler, and no node has claimed the job yet; the first claim stores its handler's."""
     lease_id: uuid.UUID | None
     node_id: str | None
     heartbeat_at: dt.datetime | None
@@ -72,7 +74,10 @@ class JobRecord:
         return self.job_type is JobType.RECURRING
 
     @property
-    def attempts_left(self) -> int:
+    def attempts_left(self) -> int | None:
+        """None while ``max_retries`` is the handler's (not known before the first claim)."""
+        if self.max_retries is None:
+            return None
         return max(0, self.max_retries + 1 - self.attempt)
 
 

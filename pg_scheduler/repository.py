@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import uuid_utils
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import Grouping
 
 from . import direct, states
 from .config import RetryBackoff
@@ -67,11 +68,12 @@ class RecurringSpec:
 
 @dataclass(frozen=True)
 class OneTimeSpec:
-    """One run request of a one-time job."""
+    """One run request of a one-time job. ``retries`` None: the handler's, resolved by the node
+    that claims the job (stored as NULL until then)."""
 
     name: str
     params: Any = None
-    retries: int = 0
+    retries: int | None = None
     run_at: dt.datetime | None = None
 
 
@@ -89,8 +91,11 @@ class Outcome:
         return cls(RunStatus.FAILED, duration_ms, describe_error(exc, text))
 
 
-def _check_retries(retries: object) -> None:
+def _check_retries(retries: object, *, unsaid: bool = False) -> None:
     # Refused here, not by the CHECK constraint: a database error would not say which value.
+    # ``unsaid``: None is allowed (a one-time job's retries, left to its handler).
+    if unsaid and retries is None:
+        return
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
 
@@ -336,7 +341,7 @@ class JobRepository:
 
     def _one_time_values(self, spec: OneTimeSpec, key: str | None) -> dict[str, Any]:
         validate_job_name(spec.name)
-        _check_retries(spec.retries)
+        _check_retries(spec.retries, unsaid=True)
         _check_run_at(spec.run_at)
         return {
             "key": key if key is not None else new_key(spec.name),
@@ -403,7 +408,7 @@ class JobRepository:
             name, retries, run_at, params = spec.name, spec.retries, spec.run_at, spec.params
             if not isinstance(name, str) or name not in valid_names:
                 valid_names.add(validate_job_name(name))
-            _check_retries(retries)
+            _check_retries(retries, unsaid=True)
             _check_run_at(run_at)
             if run_at not in instants:
                 instants[run_at] = run_at.isoformat()  # type: ignore[union-attr]
@@ -412,7 +417,7 @@ class JobRepository:
                 text = encoded[id(params)] = encode_params(params, self.max_params_bytes)
             columns["keys"].append(keys[i] if keys is not None else new_key(name))
             columns["params"].append(text)
-            columns["retries"].append(str(retries))
+            columns["retries"].append("" if retries is None else str(retries))
             columns["run_at"].append(instants[run_at])
         if not columns["keys"]:
             return []
@@ -473,11 +478,20 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------ claim and lease
-    def claim(self, node_id: str, names: Sequence[str], limit: int) -> list[ClaimedJob]:
+    def claim(
+        self,
+        node_id: str,
+        names: Sequence[str],
+        limit: int,
+        *,
+        retries: Sequence[int] | None = None,
+    ) -> list[ClaimedJob]:
         """Lease up to ``limit`` due pending jobs of ``names`` to ``node_id``, in one statement.
 
         Rows locked by another claimer are skipped, not waited for. Each claim gets a fresh
-        ``lease_id``, counts an attempt, and records a run row in the same statement.
+        ``lease_id``, counts an attempt, and records a run row in the same statement. A job whose
+        ``max_retries`` is NULL (its enqueue left them to the handler) gets, for good, the
+        ``retries`` given for its name (same order as ``names``; 0 without them).
         """
         if limit <= 0 or not names:
             return []
@@ -485,7 +499,7 @@ class JobRepository:
         # Values go in at execute time: on SQLAlchemy 2.0, values given with .params() do not
         # reach a parameter inside a CTE that an UPDATE-CTE reads.
         rows = self._execute_rows(
-            "claim", self._claim_template, self._claim_values(node_id, names, limit)
+            "claim", self._claim_template, self._claim_values(node_id, names, limit, retries)
         )
         for row in rows:
             record = JobRecord.from_values(row)
@@ -493,34 +507,58 @@ class JobRepository:
             result.append(ClaimedJob(record, record.lease_id, row[-1]))  # claimed_at
         return result
 
-    def claim_statement(self, node_id: str, names: Sequence[str], limit: int) -> sa.Select[Any]:
+    def claim_statement(
+        self,
+        node_id: str,
+        names: Sequence[str],
+        limit: int,
+        *,
+        retries: Sequence[int] | None = None,
+    ) -> sa.Select[Any]:
         """The statement ``claim`` runs, with its values bound (tests and benchmarks EXPLAIN it).
 
         The statement's shape is built once per installation and reused with new values: building
         it takes longer than running it (a CTE returning every column), and it runs on every poll.
         """
         template = self._prebuilt("claim", self._claim_template)
-        return template.params(**self._claim_values(node_id, names, limit))
+        return template.params(**self._claim_values(node_id, names, limit, retries))
 
     @staticmethod
-    def _claim_values(node_id: str, names: Sequence[str], limit: int) -> dict[str, Any]:
-        return {"claim_node_id": node_id, "claim_names": list(names), "claim_limit": int(limit)}
+    def _claim_values(
+        node_id: str, names: Sequence[str], limit: int, retries: Sequence[int] | None
+    ) -> dict[str, Any]:
+        if retries is None:
+            retries = [0] * len(names)
+        elif len(retries) != len(names):
+            raise ValueError(f"{len(retries)} retries for {len(names)} names")
+        return {
+            "claim_node_id": node_id,
+            "claim_names": list(names),
+            "claim_retries": list(retries),
+            "claim_limit": int(limit),
+        }
 
     def _claim_template(self) -> sa.Select[Any]:
         j, r = self.jobs.c, self.runs.c
+        claim_names = sa.cast(
+            sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
+            postgresql.ARRAY(sa.Text),
+        )
+        # The handler's retries for a job whose enqueue left them unsaid (NULL): the entry of
+        # its name in a parallel array. (Grouped: PostgreSQL subscripts only a parenthesised cast.)
+        handler_retries = Grouping(
+            sa.cast(
+                sa.bindparam("claim_retries", type_=postgresql.ARRAY(sa.Integer)),
+                postgresql.ARRAY(sa.Integer),
+            )
+        )[sa.func.array_position(claim_names, j.name)]
         due = (
             sa.select(j.key)
             .where(
                 j.status == JobStatus.PENDING.value,
                 j.next_run <= now(),
                 # One array parameter: an expanding IN is rewritten on every execution.
-                j.name
-                == sa.any_(
-                    sa.cast(
-                        sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
-                        postgresql.ARRAY(sa.Text),
-                    )
-                ),
+                j.name == sa.any_(claim_names),
             )
             # next_run alone: the partial index then yields due rows in order and the scan stops
             # at the limit. With the key as a tie-break, a backlog enqueued in one statement (one
@@ -542,6 +580,7 @@ class JobRepository:
                 node_id=sa.bindparam("claim_node_id", type_=sa.Text),
                 heartbeat_at=now(),
                 attempt=j.attempt + 1,
+                max_retries=sa.func.coalesce(j.max_retries, handler_retries, 0),
                 last_run_at=now(),
                 cancel_requested=False,
                 updated_at=now(),
@@ -620,7 +659,8 @@ class JobRepository:
         """
         job = claimed.job
         j = self.jobs.c
-        exhausted = job.attempt > job.max_retries
+        # A claimed job's max_retries is never NULL (the claim resolved it from the handler).
+        exhausted = job.attempt > (job.max_retries or 0)
         values: dict[str, Any] = {
             "lease_id": None,
             "heartbeat_at": None,
@@ -1199,6 +1239,12 @@ class JobRepository:
         if job_type is not None:
             stmt = stmt.where(j.job_type == JobType(job_type).value)
         return [JobRecord.from_row(row) for row in self._execute(stmt).mappings()]
+
+    def run_of_lease(self, lease_id: uuid.UUID) -> RunRecord | None:
+        """The run row of one attempt (one lease), or None if it is gone."""
+        stmt = sa.select(self.runs).where(self.runs.c.lease_id == lease_id)
+        row = self._execute(stmt).mappings().first()
+        return None if row is None else RunRecord.from_row(row)
 
     def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
         r = self.runs.c

@@ -45,7 +45,7 @@ from .notify import Listener
 from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import JobRegistry, schedule
+from .registry import Claimable, JobRegistry, schedule
 from .repository import (
     CancelResult,
     FinishResult,
@@ -224,6 +224,10 @@ class Scheduler:
 
     def registered_names(self) -> list[str]:
         return self._registry.names()
+
+    def claimable(self) -> Claimable:
+        """The names this node claims, with their handlers' retries (see ``JobRepository.claim``)."""
+        return self._registry.claimable()
 
     def registered_job(self, name: str) -> Job | None:
         return self._registry.get(name)

@@ -300,7 +300,7 @@ def new_context(
         scheduled_at=record.scheduled_at or claimed.claimed_at,
         node_id=node_id,
         logger=log,
-        max_retries=record.max_retries,
+        max_retries=record.max_retries or 0,  # resolved by the claim: never None here
     )
 
 
