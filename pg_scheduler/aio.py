@@ -23,7 +23,8 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .aio_notify import AsyncListener
-from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
+from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller, running_loop
 from .aio_workers import AsyncWorkers
 from .config import SchedulerConfig
 from .errors import (
@@ -105,7 +106,12 @@ class AsyncScheduler:
         )
         self.inflight = Inflight()
         self._registry = JobRegistry()
-        self._unscheduled: list[Job] = []  # decorated before start(); scheduled by start()
+        # Recurring jobs declared before start(): start() writes their rows (see schedule_job).
+        # The lock makes "record it, or see that start() is done and write it" atomic for
+        # declarations made from other threads.
+        self._declared: list[JobConfig] = []
+        self._declare_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
         self._background: set[asyncio.Future[Any]] = set()
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
@@ -234,11 +240,45 @@ class AsyncScheduler:
         return self._registry.get(name)
 
     async def schedule_job(self, job: Job) -> str:
-        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
-        one-time job is enqueued once with its config's params. Returns the job key."""
+        """Register ``job`` and schedule it. Returns the job key.
+
+        A recurring job is a declaration: before ``start()`` it is only recorded (no database
+        needed), and ``start()`` writes its row; once started, its row is created or updated at
+        once. A one-time job is enqueued at once with its config's params. Once started, it may
+        be awaited on another thread's event loop too: the write runs on the scheduler's loop.
+        """
         self.register(job)
+        if self._declare(job.config):
+            return job.name  # a recurring job's key is its name
+        return await self._on_own_loop(self._schedule_now(job.config))
+
+    def _declare(self, config: JobConfig) -> bool:
+        """Record a recurring job's declaration for ``start()``; False when there is nothing to
+        record (a one-time job) or ``start()`` has written its declarations already."""
+        if config.job_type is not JobType.RECURRING:
+            return False
+        with self._declare_lock:
+            if self._state in ("new", "starting"):
+                self._declared.append(config)
+                return True
+        return False
+
+    async def _schedule_now(self, config: JobConfig) -> str:
         await self._ensure_schema()
-        return await self.transaction(lambda repo: schedule(repo, job.config))
+        return await self.transaction(lambda repo: schedule(repo, config))
+
+    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the loop the scheduler was started on (its engine's connections and
+        its tasks live there), also when called from another thread's loop."""
+        loop = self._loop
+        if loop is None or running_loop() is loop:
+            return await coro
+        if loop.is_closed() or not loop.is_running():
+            coro.close()
+            raise SchedulerStateError(
+                "the event loop this AsyncScheduler was started on is no longer running"
+            )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def recurring(
         self,
@@ -250,8 +290,10 @@ class AsyncScheduler:
         misfire: Any = "coalesce",
         misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
     ) -> Callable[[F], F]:
-        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. Its row is
-        written by ``start()``, or at once in the background when the scheduler already runs."""
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. A
+        declaration, as ``schedule_job``: its row is written by ``start()``. Once started, it is
+        written at once: in the background when decorated on the scheduler's loop (a failure is
+        logged), else (another thread) before the decorator returns (a failure raises)."""
         config = JobConfig.recurring(
             name,
             cron,
@@ -262,14 +304,32 @@ class AsyncScheduler:
         )
 
         def decorate(fn: F) -> F:
-            job = self.register(FunctionJob(config, fn))
-            if self._state == "running":
-                self.spawn(self.schedule_job(job), "schedule")
-            else:
-                self._unscheduled.append(job)
+            self.register(FunctionJob(config, fn))
+            if not self._declare(config):
+                self._schedule_soon(config)
             return fn
 
         return decorate
+
+    def _schedule_soon(self, config: JobConfig) -> None:
+        """Write a recurring job's row declared after ``start()``, from a plain (sync) call."""
+        loop = self._loop
+        if loop is not None and running_loop() is loop:
+            self.spawn(self._schedule_now(config), "schedule")
+            return
+        if loop is None or loop.is_closed() or not loop.is_running():
+            raise SchedulerStateError(
+                f"cannot schedule {config.name!r}: this AsyncScheduler is {self._state} and its "
+                "event loop is not running (declare jobs before start(), or await schedule_job)"
+            )
+        if running_loop() is not None:
+            raise SchedulerStateError(
+                f"cannot schedule {config.name!r} from another event loop with the decorator: "
+                "await scheduler.schedule_job(job) there instead"
+            )
+        # Another thread: run the write on the scheduler's loop and wait for it, so that a
+        # failure reaches the caller.
+        asyncio.run_coroutine_threadsafe(self._schedule_now(config), loop).result()
 
     def one_time(self, name: str, *, retries: int = 0) -> Callable[[F], F]:
         """Decorator: a plain function ``fn(ctx)`` (sync or async) as the handler of one-time jobs
@@ -394,17 +454,30 @@ class AsyncScheduler:
             raise SchedulerStateError(
                 "this scheduler was shut down; create a new AsyncScheduler to start again"
             )
-        self._state = "starting"
+        with self._declare_lock:
+            self._state = "starting"
+        self._loop = asyncio.get_running_loop()
         try:
             await self._ensure_schema()
+            while True:  # declarations made meanwhile (from this loop or another thread) too
+                with self._declare_lock:
+                    if not self._declared:
+                        break
+                    config = self._declared[0]
+                await self.transaction(partial(schedule, config=config))
+                with self._declare_lock:
+                    self._declared.pop(0)
             await self.transaction(self.register_node)
-            while self._unscheduled:
-                await self.transaction(partial(schedule, config=self._unscheduled[0].config))
-                self._unscheduled.pop(0)
         except BaseException:
-            self._state = "new"
+            with self._declare_lock:
+                self._state = "new"
             raise
-        self._state = "running"
+        with self._declare_lock:
+            if self._declared:  # declared after the loop above ended: write them in the background
+                for config in self._declared:
+                    self.spawn(self._schedule_now(config), "schedule")
+                self._declared.clear()
+            self._state = "running"
         if self.config.listen:
             self.listener.start()
         self.heartbeat.start()

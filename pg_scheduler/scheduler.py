@@ -109,6 +109,8 @@ class Scheduler:
         )
         self.inflight = Inflight()
         self._registry = JobRegistry()
+        # Recurring jobs declared before start(): start() writes their rows (see schedule_job).
+        self._declared: list[JobConfig] = []
         self._state = "new"  # new -> running -> stopped
         self._state_lock = threading.Lock()
         # One kept autocommit connection per stream of the node's own statements.
@@ -233,12 +235,32 @@ class Scheduler:
         return self._registry.get(name)
 
     def schedule_job(self, job: Job) -> str:
-        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
-        one-time job is enqueued once with its config's params. Returns the job key."""
+        """Register ``job`` and schedule it. Returns the job key.
+
+        A recurring job is a declaration: before ``start()`` it is only recorded (no database
+        needed: a module of declarations imports while the database is down), and ``start()``
+        writes its row; once started, its row is created or updated at once. A one-time job is
+        enqueued at once with its config's params (an enqueue, which needs the database).
+        """
         self.register(job)
+        if job.config.job_type is JobType.RECURRING:
+            with self._state_lock:
+                if self._state == "new":
+                    self._declared.append(job.config)
+                    return job.name  # a recurring job's key is its name
         self._ensure_schema()
         with self.transaction() as repo:
             return schedule(repo, job.config)
+
+    def _write_declarations(self) -> None:
+        """Write the rows of the recurring jobs declared so far (under ``_state_lock``)."""
+        if not self._declared:
+            return
+        declared = list(self._declared)
+        with self.transaction() as repo:
+            for config in declared:
+                schedule(repo, config)
+        del self._declared[: len(declared)]
 
     def recurring(
         self,
@@ -250,7 +272,8 @@ class Scheduler:
         misfire: Any = "coalesce",
         misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
     ) -> Callable[[F], F]:
-        """Decorator: schedule a plain function ``fn(ctx)`` (sync or async) as a recurring job."""
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. A
+        declaration, as ``schedule_job``: its row is written by ``start()`` (at once if started)."""
         config = JobConfig.recurring(
             name,
             cron,
@@ -391,8 +414,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Scheduler:
-        """Check (or, with ``create_schema``, install) the schema, register this node, and start
-        claiming. Raises if already started."""
+        """Check (or, with ``create_schema``, install) the schema, register this node, write the
+        rows of the recurring jobs declared so far, and start claiming. Raises if already
+        started."""
         with self._state_lock:
             if self._state == "running":
                 raise SchedulerStateError("the scheduler is already running")
@@ -401,6 +425,7 @@ class Scheduler:
                     "this scheduler was shut down; create a new Scheduler to start again"
                 )
             self._ensure_schema()
+            self._write_declarations()
             with self.transaction() as repo:
                 self.register_node(repo)
             # Twice the slots: a thread whose job has ended stays with it while its outcome is
