@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -66,7 +67,15 @@ from .scheduler import (
 )
 from .states import JobStatus, JobType
 from .timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
-from .workers import Inflight, RunningJob, StopReason
+from .workers import (
+    Inflight,
+    RunningJob,
+    StopReason,
+    attempt_outcome,
+    misfire_outcome,
+    new_context,
+    report_outcome,
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -262,6 +271,18 @@ class AsyncScheduler:
                 self._declared.append(config)
                 return True
         return False
+
+    async def _write_declarations(self) -> None:
+        """Write the rows of the recurring jobs declared so far, and of those declared meanwhile
+        (from this loop or another thread)."""
+        while True:
+            with self._declare_lock:
+                if not self._declared:
+                    return
+                config = self._declared[0]
+            await self.transaction(partial(schedule, config=config))
+            with self._declare_lock:
+                self._declared.pop(0)
 
     async def _schedule_now(self, config: JobConfig) -> str:
         await self._ensure_schema()
@@ -459,14 +480,7 @@ class AsyncScheduler:
         self._loop = asyncio.get_running_loop()
         try:
             await self._ensure_schema()
-            while True:  # declarations made meanwhile (from this loop or another thread) too
-                with self._declare_lock:
-                    if not self._declared:
-                        break
-                    config = self._declared[0]
-                await self.transaction(partial(schedule, config=config))
-                with self._declare_lock:
-                    self._declared.pop(0)
+            await self._write_declarations()
             await self.transaction(self.register_node)
         except BaseException:
             with self._declare_lock:
@@ -569,22 +583,62 @@ class AsyncScheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    async def run_pending(self, timeout: float = 10.0) -> int:
-        """Claim and run every job due now, then wait for them (outcomes written): a helper for
-        tests and scripts, as ``Scheduler.run_pending``. Returns the number of jobs run."""
-        if self._state != "running":
-            raise SchedulerStateError("start() the scheduler first")
-        total = 0
-        while True:
-            result = await self.poller.run_once()
-            total += result.claimed
-            tasks = set(self.workers.tasks.values())
-            if tasks:
-                _, still_running = await asyncio.wait(tasks, timeout=timeout)
-                if still_running:
-                    raise TimeoutError("jobs still running")
-            if result.claimed < result.free_slots or result.claimed == 0:
-                return total
+    async def run_pending(self) -> list[RunRecord]:
+        """Run what is due, here and now: for tests and scripts, on a scheduler never started.
+
+        As ``Scheduler.run_pending``: writes the recurring jobs declared so far, then claims due
+        jobs registered here one at a time and runs each, ``async def`` code in the calling
+        loop (synchronous code on a worker thread, as a started node runs it), until none is
+        due; writes each outcome and returns the run records of those attempts, in order. On a
+        started scheduler it raises ``SchedulerStateError``.
+        """
+        if self._state != "new":
+            raise SchedulerStateError(
+                f"run_pending() is for a scheduler that is not started (this one is "
+                f"{self._state}): a started node claims and runs due jobs by itself"
+            )
+        await self._ensure_schema()
+        await self._write_declarations()
+        ran: list[RunRecord] = []
+        try:
+            while True:
+                names, retries = self.claimable()
+                if not names:
+                    break
+                claimed = await self.transaction(
+                    partial(_claim_one, node_id=self.node_id, names=names, retries=retries),
+                    autocommit=True,
+                )
+                if not claimed:
+                    break
+                run = await self._run_here(claimed[0])
+                if run is not None:
+                    ran.append(run)
+        finally:
+            self.workers.stop()  # its threads, if synchronous code ran
+        return ran
+
+    async def _run_here(self, claimed: ClaimedJob) -> RunRecord | None:
+        """One attempt of ``run_pending``, in the calling loop; its outcome written."""
+        job = self.registered_job(claimed.name)
+        assert job is not None  # only registered names are claimed
+        running = RunningJob(claimed, job, new_context(claimed, self.node_id, self.log))
+        self.inflight.add(running)
+        try:
+            outcome = misfire_outcome(claimed)
+            if outcome is None:
+                started = time.monotonic()
+                error = await self.workers.execute(running)
+                duration_ms = int((time.monotonic() - started) * 1000)
+                outcome = attempt_outcome(running, error, duration_ms)
+            if outcome is None:
+                await self.transaction(lambda repo: repo.release(self.node_id, [claimed.lease_id]))
+            else:
+                (result,) = await self.write_outcomes([(claimed, outcome)])
+                report_outcome(self.log, claimed, outcome, result)
+        finally:
+            self.inflight.remove(claimed.lease_id)
+        return await self.transaction(lambda repo: repo.run_of_lease(claimed.lease_id))
 
     def spawn(self, coro: Any, what: str = "task") -> None:
         """Run ``coro`` in the background; a failure is logged."""
@@ -634,6 +688,12 @@ class AsyncScheduler:
                     return None
                 self.database_error(what, exc, retry_in=delay)
                 await asyncio.sleep(delay)
+
+
+def _claim_one(
+    repo: JobRepository, *, node_id: str, names: list[str], retries: list[int]
+) -> list[ClaimedJob]:
+    return repo.claim(node_id, names, 1, retries=retries)
 
 
 def _url(engine: AsyncEngine) -> str:

@@ -61,8 +61,13 @@ class AsyncWorkers:
         )
 
     def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.stop()
+        pool, self._pool = self._pool, None  # a later synchronous hook starts a new one
+        if pool is not None:
+            pool.stop()
+
+    async def execute(self, running: RunningJob) -> BaseException | None:
+        """One attempt's code, in the calling task's loop (``AsyncScheduler.run_pending``)."""
+        return await self._execute(running)
 
     async def _run(self, running: RunningJob) -> None:
         s, claimed = self.scheduler, running.claimed

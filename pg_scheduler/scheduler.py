@@ -7,6 +7,7 @@ runs: claim, commit, run, then write the outcome in a new transaction, fenced by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -646,19 +647,121 @@ class Scheduler:
                 self.database_error(what, exc, retry_in=delay)
                 time.sleep(delay)
 
-    def run_pending(self, timeout: float = 10.0) -> int:
-        """Claim and run every job due now on the calling thread's behalf, then wait for them:
-        a helper for tests and scripts. Returns the number of jobs run."""
-        if self._pool is None:
-            raise SchedulerStateError("start() the scheduler first")
-        total = 0
-        while True:
-            result = self.poller.run_once()
-            total += result.claimed
-            if not self.inflight.wait_empty(timeout):
-                raise TimeoutError("jobs still running")
-            if result.claimed < result.free_slots or result.claimed == 0:
-                return total
+    def run_pending(self) -> list[RunRecord]:
+        """Run what is due, here and now: for tests and scripts, on a scheduler never started.
+
+        Writes the recurring jobs declared so far (as ``start()`` would), then claims due jobs
+        whose names are registered here, one at a time, and runs each in the calling thread
+        (``async def`` code on an event loop of that thread), until none is due; jobs that fall
+        due meanwhile (one enqueued by a job, a retry whose backoff has passed) run too. Each
+        outcome is written as a node writes it. Returns the run records of those attempts, in
+        the order they ran. A started node claims due jobs by itself: there this raises
+        ``SchedulerStateError``.
+        """
+        with self._state_lock:
+            if self._state != "new":
+                raise SchedulerStateError(
+                    f"run_pending() is for a scheduler that is not started (this one is "
+                    f"{self._state}): a started node claims and runs due jobs by itself"
+                )
+            self._ensure_schema()
+            self._write_declarations()
+        ran: list[RunRecord] = []
+        loop: EventLoopThread | None = None
+        try:
+            while True:
+                names, retries = self.claimable()
+                if not names:
+                    break
+                with self.autocommit(self.claim_connection) as repo:
+                    claimed = repo.claim(self.node_id, names, 1, retries=retries)
+                if not claimed:
+                    break
+                job = self.registered_job(claimed[0].name)
+                assert job is not None  # only registered names are claimed
+                if job.is_async and loop is None:
+                    loop = CallingThreadLoop() if _running_loop() is None else self._own_loop()
+                run = self._run_here(
+                    RunningJob(claimed[0], job, new_context(claimed[0], self.node_id, self.log)),
+                    loop,
+                )
+                if run is not None:
+                    ran.append(run)
+        finally:
+            if loop is not None:
+                loop.stop()
+            self.claim_connection.close()
+            self.outcome_connection.close()
+        return ran
+
+    def _own_loop(self) -> EventLoopThread:
+        """``run_pending``'s loop when the calling thread runs one already (it cannot run two)."""
+        return EventLoopThread("pg_scheduler-run_pending")
+
+    def _run_here(self, running: RunningJob, loop: EventLoopThread | None) -> RunRecord | None:
+        """One attempt of ``run_pending``, in the calling thread; its outcome written."""
+        claimed = running.claimed
+        if isinstance(loop, CallingThreadLoop) and running.job.is_async:
+            running.on_stop = loop.cancel_current  # cancel_job from another thread
+        self.inflight.add(running)
+        try:
+            outcome = misfire_outcome(claimed)
+            if outcome is None:
+                started = time.monotonic()
+                error = execute(running, loop if running.job.is_async else None)
+                duration_ms = int((time.monotonic() - started) * 1000)
+                outcome = attempt_outcome(running, error, duration_ms)
+            if outcome is None:
+                with self.transaction() as repo:
+                    repo.release(self.node_id, [claimed.lease_id])
+            else:
+                (result,) = self._write_outcomes([(claimed, outcome)])
+                report_outcome(self.log, claimed, outcome, result)
+        finally:
+            self.inflight.remove(claimed.lease_id)
+        with self.autocommit() as repo:
+            return repo.run_of_lease(claimed.lease_id)
+
+
+class CallingThreadLoop(EventLoopThread):
+    """An event loop that the calling thread runs itself, for ``run_pending``: ``async def`` job
+    code runs in the caller's thread, one hook at a time, on one loop for the whole call."""
+
+    def __init__(self) -> None:  # no thread of its own
+        self.loop = asyncio.new_event_loop()
+        self._task: asyncio.Future[Any] | None = None
+
+    def run(self, awaitable: Any, cancelled: threading.Event) -> Any:
+        task = self._task = asyncio.ensure_future(awaitable, loop=self.loop)
+        if cancelled.is_set():
+            task.cancel()
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: asyncio must not warn that nobody did
+            raise
+        finally:
+            self._task = None
+
+    def cancel_current(self) -> None:
+        """Cancel the hook running now (callable from any thread: ``cancel_job``)."""
+        task = self._task
+        if task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(task.cancel)
+
+    def stop(self) -> None:
+        try:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Autocommit:

@@ -49,7 +49,9 @@ def test_schedule_job_creates_one_row(make_scheduler: Any) -> None:
     s = make_scheduler()
     s.schedule_job(Noop(JobConfig.recurring("every_minute", "* * * * *")))
     s.schedule_job(Noop(JobConfig.recurring("every_minute", "* * * * *")))
-    rows = s.list_jobs(name="every_minute")
+    with s:  # declarations are written by start()
+        s.schedule_job(Noop(JobConfig.recurring("every_minute", "* * * * *")))
+        rows = s.list_jobs(name="every_minute")
     assert len(rows) == 1 and rows[0].key == "every_minute"
 
 
