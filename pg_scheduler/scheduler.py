@@ -690,8 +690,8 @@ class Scheduler:
         finally:
             if loop is not None:
                 loop.stop()
-            self.claim_connection.close()
-            self.outcome_connection.close()
+            # A test's scheduler is seldom shut down: hold no pooled connection after the call.
+            self.close_autocommit_connections()
         return ran
 
     def _own_loop(self) -> EventLoopThread:
