@@ -376,8 +376,9 @@ class AsyncScheduler:
         """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
 
         With ``session`` (the application's ``AsyncSession``), the insert joins that session's
-        transaction: the job exists if and only if the caller commits. ``retries`` defaults to the
-        registered handler's. Nodes are woken by NOTIFY when the transaction commits.
+        transaction: the job exists if and only if the caller commits. ``retries`` left unsaid
+        (None) is resolved from the handler by the node that claims the job; an explicit value
+        wins. Nodes are woken by NOTIFY when the transaction commits.
         """
         spec = self._registry.one_time_spec(name, params, retries, run_at)
         if session is not None:

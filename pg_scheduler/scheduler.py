@@ -314,8 +314,9 @@ class Scheduler:
         """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
 
         With ``session``, the insert joins that session's transaction: the job exists if and only
-        if the caller commits. ``retries`` defaults to the registered handler's. Nodes are woken
-        by NOTIFY when the transaction commits.
+        if the caller commits. ``retries`` left unsaid (None) is stored as NULL and resolved from
+        the handler by the node that claims the job (this process needs no handler); an explicit
+        value wins. Nodes are woken by NOTIFY when the transaction commits.
         """
         spec = self._registry.one_time_spec(name, params, retries, run_at)
         if session is not None:

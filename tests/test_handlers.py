@@ -371,3 +371,17 @@ def test_async_declarations_from_another_thread_after_start_run(
                 assert await s.get_job("from_thread_loop") is not None
 
     asyncio.run(main())
+
+
+def test_async_declaration_whose_loop_is_gone_raises_a_clear_error(
+    async_url: str, names: Names
+) -> None:
+    made: list[AsyncScheduler] = []
+
+    async def main() -> None:
+        async with node(async_url, names) as s, s:
+            made.append(s)
+
+    asyncio.run(main())  # that loop is closed now
+    with pytest.raises(errors.SchedulerStateError, match="event loop is not running"):
+        made[0].recurring("too_late", "@daily")(always_fails)
