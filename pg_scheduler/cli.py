@@ -34,6 +34,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted"
 
 URL_ENV = "PG_SCHEDULER_DATABASE_URL"
 PREFIX_ENV = "PG_SCHEDULER_TABLE_PREFIX"
@@ -99,6 +100,18 @@ def describe(exc: BaseException) -> tuple[str, int]:
 def report(message: str) -> None:
     """Print an error as one line on stderr (plain text: a rich console would wrap it)."""
     print(f"pg-scheduler: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- words
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 tick``, ``2 ticks``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def article(word: str) -> str:
+    """``an Engine``, ``a str``: the word after the indefinite article it takes (by its first
+    letter, which is right for the type and job names it is used with)."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 # ---------------------------------------------------------------------------------------- URLs
