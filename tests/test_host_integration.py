@@ -392,3 +392,19 @@ def test_a_pattern_b_install_behind_names_the_hosts_alembic_command(host_b: Host
     config = SchedulerConfig(engine=host_b.engine, table_prefix=names.prefix)
     with pytest.raises(SchemaVersionMismatchError, match="alembic upgrade heads"):
         Scheduler(config).start()
+
+
+def test_pattern_b_first_own_revision_in_the_order_the_readme_gives(host_b: Host) -> None:
+    """A host with no revision of its own yet: ``alembic upgrade heads`` (ours only), then the
+    README's first-revision command, which starts the host's own branch in its own directory."""
+    (host_b.root / "migrations" / "versions" / "host_0001_customers.py").unlink()
+    host_b.ok("upgrade", "heads")
+    host_b.ok("revision", "--autogenerate", "--head", "base", "--branch-label", "app",
+              "--version-path", "migrations/versions", "-m", "customers")  # fmt: skip
+    (written,) = (host_b.root / "migrations" / "versions").glob("*_customers.py")
+    source = written.read_text()
+    assert "create_table('customers'" in source or 'create_table("customers"' in source
+    assert host_b.names.jobs_table not in source
+    host_b.ok("upgrade", "heads")
+    assert "customers" in host_b.tables()
+    assert "No new upgrade operations detected" in host_b.ok("check")
