@@ -27,7 +27,7 @@ from . import migrations
 from .errors import ConfigError, PgSchedulerError
 from .naming import Names
 
-CLI_EXTRA_HINT = "pip install 'pg-scheduler[cli]'"
+CLI_EXTRA_HINT = "pip install 'sqlalchemy-pg-scheduler[cli]'"
 CLI_REQUIREMENTS = ("click", "rich")
 
 EXIT_OK = 0
@@ -226,7 +226,7 @@ class Database:
             fix = (
                 self.upgrade_hint()
                 if known_revision(installed)
-                else "upgrade the pg-scheduler package (a newer version migrated this database)"
+                else "upgrade the sqlalchemy-pg-scheduler package (a newer version migrated this database)"
             )
             raise CliError(
                 f"pg_scheduler tables ({self.where}) are at revision {installed!r}, but this "

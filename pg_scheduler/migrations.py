@@ -47,12 +47,9 @@ Bind = sa.Engine | sa.Connection
 
 
 def script_location() -> str:
-    """Where the revisions are: inside the installed wheel, or the checkout's ``alembic/``."""
-    packaged = Path(__file__).resolve().parent / "_alembic"
-    if packaged.is_dir():
-        return str(packaged)
-    # Editable installs put the repository on sys.path without copying alembic/ into the package.
-    return str(Path(__file__).resolve().parent.parent / "alembic")
+    """Where the Alembic environment and the revisions are: ``pg_scheduler/_alembic``, in a wheel,
+    an sdist and an editable install alike (so ``pg_scheduler:_alembic/versions`` names them)."""
+    return str(Path(__file__).resolve().parent / "_alembic")
 
 
 def make_config(names: Names, connection: Bind | None = None) -> Config:
@@ -376,13 +373,26 @@ def not_installed(names: Names) -> SchemaNotInstalledError:
 
 
 def check_schema(bind: Bind, names: Names) -> None:
-    """Raise unless the tables for ``names`` are installed at this library's head revision."""
-    installed = current(bind, names=names)
+    """Raise unless the tables for ``names`` are installed at this library's head revision.
+
+    The error names the command for how they were installed: pattern A (our own version table)
+    upgrades with ``pg-scheduler db upgrade``; pattern B (our revisions a branch of the host's
+    Alembic history) with the host's own ``alembic upgrade heads``.
+    """
+    with _connection(bind) as conn:
+        installed, branch = _installed(conn, names)
     expected = head()
     where = names.qualified(names.jobs_table)
-    fix = how_to_install(names)
     if installed is None:
         raise not_installed(names)
+    if branch:
+        fix = (
+            "they are installed as the 'pg_scheduler' branch of the application's own Alembic "
+            f"history (its {HOST_VERSION_TABLE} table): run `alembic upgrade heads` in the "
+            "application's Alembic project"
+        )
+    else:
+        fix = how_to_install(names)
     if installed != expected:
         raise SchemaVersionMismatchError(
             f"pg_scheduler schema {where} is at revision {installed!r} but this version of "

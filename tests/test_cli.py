@@ -476,7 +476,7 @@ def test_missing_cli_extra_names_the_pip_command(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "pg-scheduler: error: the command-line interface needs click, which is not installed: "
-        "pip install 'pg-scheduler[cli]'"
+        "pip install 'sqlalchemy-pg-scheduler[cli]'"
     )
 
 
