@@ -47,9 +47,14 @@ Bind = sa.Engine | sa.Connection
 
 
 def script_location() -> str:
-    """Where the Alembic environment and the revisions are: ``pg_scheduler/_alembic``, in a wheel,
-    an sdist and an editable install alike (so ``pg_scheduler:_alembic/versions`` names them)."""
-    return str(Path(__file__).resolve().parent / "_alembic")
+    """Where the Alembic environment and the revisions are: ``pg_scheduler/_alembic`` in the wheel,
+    and in a checkout the same name, a symlink to the top-level ``alembic/`` (so that
+    ``pg_scheduler:_alembic/versions`` names them in an editable install too)."""
+    packaged = Path(__file__).parent / "_alembic"
+    if packaged.is_dir():
+        return str(packaged)
+    # A checkout whose symlinks were not kept (core.symlinks off): the top-level folder itself.
+    return str(Path(__file__).resolve().parent.parent / "alembic")
 
 
 def make_config(names: Names, connection: Bind | None = None) -> Config:
