@@ -223,11 +223,15 @@ class Database:
                 f"{self.upgrade_hint()}"
             )
         if installed != expected:
-            fix = (
-                self.upgrade_hint()
-                if known_revision(installed)
-                else "upgrade the sqlalchemy-pg-scheduler package (a newer version migrated this database)"
-            )
+            if not known_revision(installed):
+                fix = (
+                    "upgrade the sqlalchemy-pg-scheduler package (a newer version migrated this "
+                    "database)"
+                )
+            elif migrations.installed_as_branch(engine, names=self.names):
+                fix = migrations.BRANCH_UPGRADE_HINT
+            else:
+                fix = self.upgrade_hint()
             raise CliError(
                 f"pg_scheduler tables ({self.where}) are at revision {installed!r}, but this "
                 f"pg-scheduler needs {expected!r}: {fix}"

@@ -323,6 +323,20 @@ def current(
     return installed
 
 
+def installed_as_branch(bind: Bind, *, names: Names) -> bool:
+    """Whether the tables of ``names`` were installed by pattern B: as the ``pg_scheduler`` branch
+    of the application's own Alembic history, upgraded by its ``alembic upgrade heads``."""
+    with _connection(bind) as conn:
+        _, branch = _installed(conn, names)
+    return branch
+
+
+BRANCH_UPGRADE_HINT = (
+    "run `alembic upgrade heads` in the application's Alembic project (pg_scheduler is installed "
+    "there, as the 'pg_scheduler' branch of its history)"
+)
+
+
 def head() -> str:
     """The newest revision this version of pg_scheduler ships."""
     scripts = ScriptDirectory.from_config(make_config(Names()))

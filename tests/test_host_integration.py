@@ -31,6 +31,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import Scheduler, SchedulerConfig, migrations
+from pg_scheduler.cli import CliError, Database
 from pg_scheduler.errors import MigrationError, SchemaVersionMismatchError
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
@@ -392,6 +393,12 @@ def test_a_pattern_b_install_behind_names_the_hosts_alembic_command(host_b: Host
     config = SchedulerConfig(engine=host_b.engine, table_prefix=names.prefix)
     with pytest.raises(SchemaVersionMismatchError, match="alembic upgrade heads"):
         Scheduler(config).start()
+    # The command line's check says the same (`pg-scheduler db upgrade` would install a second,
+    # pattern A copy of the history next to the host's).
+    with pytest.raises(CliError) as cli_info:
+        Database(sa.make_url(host_b.url), names).require_schema(host_b.engine)
+    assert "alembic upgrade heads" in str(cli_info.value), cli_info.value
+    assert "db upgrade" not in str(cli_info.value), cli_info.value
 
 
 def test_pattern_b_first_own_revision_in_the_order_the_readme_gives(host_b: Host) -> None:
