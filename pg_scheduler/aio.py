@@ -12,7 +12,7 @@ function the threaded scheduler calls too. What differs is only how this node wa
   well as ``ctx.cancelled``, and its outcome is written once its code has really stopped;
 - synchronous job code runs on worker threads, so it can never block the loop.
 
-Needs ``pip install 'pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
+Needs ``pip install 'sqlalchemy-pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
 and an async driver: asyncpg or psycopg 3.
 """
 

@@ -242,7 +242,7 @@ def test_orphaned_job_monitor(make_scheduler: Any, engine: sa.Engine, models: Mo
         fresh = s.enqueue("forgotten_too")
         for key in (known, orphan):
             set_columns(engine, models, key, created_at=sa.func.now() - dt.timedelta(hours=2))
-        assert s.maintenance.run_once(cleanup=True).orphans == 1
+        s.maintenance.run_once()  # the sweep runs on every pass (the background's may come first)
     assert s.get_job(orphan) is None
     assert s.get_job(known) is not None and s.get_job(fresh) is not None
 
