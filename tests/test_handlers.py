@@ -385,3 +385,23 @@ def test_async_declaration_whose_loop_is_gone_raises_a_clear_error(
     asyncio.run(main())  # that loop is closed now
     with pytest.raises(errors.SchedulerStateError, match="event loop is not running"):
         made[0].recurring("too_late", "@daily")(always_fails)
+
+
+def test_run_pending_also_runs_what_its_jobs_enqueue(make_scheduler: Any) -> None:
+    s = make_scheduler()
+    order: list[str] = []
+
+    @s.one_time("first")
+    def first(ctx: JobContext) -> None:
+        order.append("first")
+        s.enqueue("second")
+
+    @s.one_time("second")
+    def second(ctx: JobContext) -> None:
+        order.append("second")
+
+    key = s.enqueue("first")
+    runs = s.run_pending()
+    assert order == ["first", "second"]
+    assert [r.name for r in runs] == ["first", "second"] and runs[0].job_key == key
+    assert all(r.status is RunStatus.COMPLETED for r in runs)
