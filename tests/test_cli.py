@@ -233,7 +233,7 @@ def test_global_flags_work_before_and_after_the_subcommand(
     assert "no jobs in" in traced.stdout
     version = invoke("--version", "nodes") if where == "before" else invoke("nodes", "--version")
     assert version.exit_code == 0, version.output
-    assert "version" in version.stdout
+    assert "sqlalchemy-pg-scheduler" in version.stdout
     # After a "--" nothing is a flag: it stays an argument of the subcommand.
     literal = invoke("jobs", "show", *on, "--", "--traceback")
     assert literal.exit_code == 1
