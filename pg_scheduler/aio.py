@@ -369,7 +369,7 @@ class AsyncScheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     async def trigger(self, key: str) -> JobRecord:

@@ -55,7 +55,7 @@ from .repository import (
     new_key,
     shares_one_statement,
 )
-from .states import JobStatus, JobType
+from .states import JobStatus, JobType, RunStatus
 from .timeouts import Deadlines, set_local_timeouts
 from .workers import (
     EventLoopThread,
@@ -109,8 +109,9 @@ class Scheduler:
         )
         self.inflight = Inflight()
         self._registry = JobRegistry()
-        self._state = "new"  # new -> running -> stopped
+        self._state = "new"  # new -> running -> stopping -> stopped
         self._state_lock = threading.Lock()
+        self._stopped = threading.Event()  # set when a shutdown() has finished stopping the node
         # One kept autocommit connection per stream of the node's own statements.
         self.claim_connection = KeptConnection(self.engine)
         self.outcome_connection = KeptConnection(self.engine)
@@ -372,7 +373,7 @@ class Scheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     def trigger(self, key: str) -> JobRecord:
@@ -428,13 +429,29 @@ class Scheduler:
     def shutdown(self, timeout: dt.timedelta | None = None) -> None:
         """Stop claiming, ask running jobs to stop, wait up to ``shutdown_timeout`` for them, and
         hand back the ones still running. Records every outcome that arrives in time. When it
-        returns, no row is ``running`` under this node's leases. Calling it twice is harmless."""
+        returns, no row is ``running`` under this node's leases. Calling it twice is harmless: a
+        call made while another is still stopping the node waits for that one to finish."""
         with self._state_lock:
-            if self._state != "running":
+            if self._state == "stopping":
+                stopping = True
+            elif self._state != "running":
                 self._state = "stopped"
                 self.close_autocommit_connections()  # a producer-only scheduler may hold one
                 return
-            self._state = "stopping"
+            else:
+                stopping = False
+                self._state = "stopping"
+        if stopping:
+            self._stopped.wait()
+            return
+        try:
+            self._stop(timeout)
+        finally:
+            with self._state_lock:
+                self._state = "stopped"
+            self._stopped.set()
+
+    def _stop(self, timeout: dt.timedelta | None) -> None:
         wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
         self.log.info("node %s stopping", self.node_id, extra={"event": "node.stopping"})
         self.poller.stop()
@@ -456,8 +473,6 @@ class Scheduler:
             self._pool.stop()
         if self._loop is not None:
             self._loop.stop()
-        with self._state_lock:
-            self._state = "stopped"
         self.close_autocommit_connections()
         self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
 
@@ -510,7 +525,7 @@ class Scheduler:
 
     def _event_loop(self) -> EventLoopThread:
         with self._state_lock:
-            if self._loop is None:
+            if self._loop is None or not self._loop.alive:  # a dead loop's runs were handed back
                 self._loop = EventLoopThread("pg_scheduler")
             return self._loop
 
@@ -546,18 +561,18 @@ class Scheduler:
         self.inflight.remove(running.lease_id)
         self.poller.slot_freed()
 
-    def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
+    def _finish(self, running: RunningJob, outcome: Outcome) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the
         writer's callback finishes the attempt)."""
         claimed = running.claimed
         if running.stop_reason is StopReason.LEASE_LOST:
             report_dropped(self.log, claimed.key)
             return False
-        if outcome is None:
+        if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
 
             def release() -> None:
                 with self.transaction() as repo:
-                    repo.release(self.node_id, [claimed.lease_id])
+                    repo.release(self.node_id, [claimed.lease_id], reason=outcome.error)
 
             self._retry_database("release", release)
             return False

@@ -226,9 +226,10 @@ def test_recurring_misfire_all_runs_each_missed_tick(engine: sa.Engine, models: 
     assert result.next_run == tick + dt.timedelta(minutes=1)
 
 
-def test_rescue_of_an_exhausted_recurring_job_goes_back_to_its_schedule(
+def test_rescue_of_a_recurring_job_on_its_last_attempt_reruns_the_tick(
     engine: sa.Engine, models: Models
 ) -> None:
+    """A lost run is not a failure: with retries=0 the tick runs again, same attempt number."""
     tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
     claimed = running(
         engine,
@@ -244,13 +245,45 @@ def test_rescue_of_an_exhausted_recurring_job_goes_back_to_its_schedule(
         assert repo.rescue_stalled(dt.timedelta(minutes=5)).pending == (claimed.key,)
         now = repo.now()
     job = _get(engine, models, claimed.key)
+    assert (job.status, job.next_run, job.scheduled_at, job.attempt, job.lost_leases) == (
+        JobStatus.PENDING,
+        now,
+        tick,
+        0,
+        1,
+    )
+
+
+def test_rescue_of_a_poisoned_recurring_job_goes_back_to_its_schedule(
+    engine: sa.Engine, models: Models
+) -> None:
+    """The run that reaches ``max_lost_leases`` gives the tick up: the next tick, counts reset."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine,
+        models,
+        job_type="recurring",
+        cron=EVERY_MINUTE,
+        scheduled_at=tick,
+        attempt=1,
+        max_retries=0,
+        lost_leases=1,
+        heartbeat_at=ago(hours=1),
+    )
+    with repository(engine, models) as repo:
+        taken = repo.rescue_stalled(dt.timedelta(minutes=5), max_lost_leases=2)
+        assert taken.pending == (claimed.key,)
+        now = repo.now()
+    job = _get(engine, models, claimed.key)
     expected = CronSchedule.parse(EVERY_MINUTE).next_after(max(tick, now))
-    assert (job.status, job.next_run, job.scheduled_at, job.attempt) == (
+    assert (job.status, job.next_run, job.scheduled_at, job.attempt, job.lost_leases) == (
         JobStatus.PENDING,
         expected,
         expected,
         0,
+        0,
     )
+    assert job.last_error == "lost its lease 2 times (node died or hung); not retried"
 
 
 # --------------------------------------------------------------------------- enqueue and schedule
