@@ -941,7 +941,10 @@ class JobRepository:
                 ),
                 next_run=sa.case((one_time_poisoned, sa.null()), else_=now()),
                 finished_at=sa.case((one_time_poisoned, now()), else_=sa.null()),
-                attempt=sa.func.greatest(j.attempt - 1, 0),
+                # A job given up keeps its last attempt, as its run rows show it.
+                attempt=sa.case(
+                    (one_time_poisoned, j.attempt), else_=sa.func.greatest(j.attempt - 1, 0)
+                ),
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,

@@ -403,6 +403,7 @@ def check_effects(
             assert new["attempt"] == 0 and new["lost_leases"] == 0
             assert new["next_run"] > old["scheduled_at"]
         elif poisoned:
+            assert new["attempt"] == old["attempt"], "given up: its last attempt stays shown"
             assert new["last_error"] == (
                 f"lost its lease {DEFAULT_MAX_LOST_LEASES} times (node died or hung); not retried"
             )
