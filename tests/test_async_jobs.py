@@ -224,13 +224,14 @@ def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
     @s.one_time("fenced")
     async def fenced(ctx: JobContext) -> None:
         runs.append(ctx.attempt)
-        if len(runs) > 1:
-            seen.append((len(runs), "ran"))
+        run = len(runs)
+        if run > 1:
+            seen.append((run, "ran"))
             return
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            seen.append((len(runs), f"cancelled={ctx.is_cancelled()}"))
+            seen.append((run, f"cancelled={ctx.is_cancelled()}"))
             raise
 
     with caplog.at_level(logging.WARNING, logger="pg_scheduler"), s:
