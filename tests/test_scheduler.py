@@ -744,6 +744,9 @@ def test_dead_database_gives_a_clear_error(driver: str) -> None:
     ("field", "value", "message"),
     [
         ("max_concurrent_jobs", 0, "max_concurrent_jobs must be at least 1"),
+        ("max_lost_leases", 0, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", True, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", 2.5, "max_lost_leases must be an integer of at least 1"),
         ("heartbeat_interval", dt.timedelta(seconds=-1), "heartbeat_interval must be a positive"),
         ("heartbeat_interval", 30, "heartbeat_interval must be a datetime.timedelta"),
         ("no_heartbeat_timeout", dt.timedelta(seconds=40), "at least twice"),
