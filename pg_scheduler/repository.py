@@ -1256,7 +1256,7 @@ class JobRepository:
         stmt = (
             sa.select(self.runs)
             .where(r.job_key == key)
-            # Newest first, in the order of the tick_uq index (a run's id follows the same order).
+            # Newest first, in the order of the tick_ix index (a run's id follows the same order).
             # A handed-back or lost run and its rerun share an attempt: the later one first.
             .order_by(r.scheduled_at.desc(), r.attempt.desc(), r.id.desc())
             .limit(limit)

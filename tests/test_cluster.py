@@ -18,6 +18,7 @@ from pg_scheduler import JobStatus
 from pg_scheduler.models import Models
 from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import wait_until
+from pg_scheduler.views import jobs_table
 from tests.cluster import FAST, Cluster
 
 pytestmark = pytest.mark.slow
@@ -98,6 +99,7 @@ def test_a_killed_nodes_job_is_finished_by_another(
         record = JobRepository(session, models).get(key)
     assert record is not None
     assert (record.attempt, record.max_retries, record.lost_leases) == (1, 0, 0)
+    assert list(jobs_table([record]).columns[3].cells) == ["1/1"]  # as `jobs list` shows it
 
 
 def test_a_paused_node_cannot_overwrite_its_successor(
