@@ -145,6 +145,13 @@ def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
     return outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
 
 
+def waiting_for_tick(j: Any) -> sa.ColumnElement[bool]:
+    """A pending recurring row that is only waiting for its tick: no attempt made, and not a tick
+    handed back or lost (those give their attempt back, but are due now, off their tick: a run in
+    progress that a re-schedule or a trigger must not replace)."""
+    return sa.and_(j.attempt == 0, j.next_run == j.scheduled_at)
+
+
 @dataclass(frozen=True)
 class FinishResult:
     """What an outcome write did. ``applied`` is False when the lease was no longer ours."""
@@ -313,7 +320,9 @@ class JobRepository:
         )
         excluded = stmt.excluded
         schedule_changed = sa.or_(j.cron != excluded.cron, j.timezone != excluded.timezone)
-        take_new = sa.and_(j.status == JobStatus.PENDING.value, j.attempt == 0, schedule_changed)
+        take_new = sa.and_(
+            j.status == JobStatus.PENDING.value, waiting_for_tick(j), schedule_changed
+        )
         upsert = stmt.on_conflict_do_update(
             index_elements=[j.key],
             set_={
@@ -1072,7 +1081,7 @@ class JobRepository:
     def trigger(self, key: str) -> JobRecord:
         """Make a pending job due now (a recurring job runs now, outside its schedule)."""
         j = self.jobs.c
-        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, j.attempt == 0)
+        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, waiting_for_tick(j))
         row = (
             self._execute(
                 sa.update(self.jobs)

@@ -347,6 +347,26 @@ def test_upsert_recurring_keeps_next_run_and_never_disturbs_a_lease(
         assert repo.finish(claimed, Outcome(RunStatus.COMPLETED, 1)).applied
 
 
+def test_a_handed_back_tick_is_kept_by_a_reschedule_and_a_trigger(
+    engine: sa.Engine, models: Models
+) -> None:
+    """A tick handed back (attempt given back: 0) is a run in progress, not a tick still waiting:
+    a deploy that changes the cron, or a trigger, must not replace it."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine, models, job_type="recurring", cron=EVERY_MINUTE, name="tock", scheduled_at=tick
+    )
+    with repository(engine, models) as repo:
+        assert repo.release(NODE, [claimed.lease_id]).pending == ("tock",)
+    with repository(engine, models) as repo:
+        moved = repo.upsert_recurring(RecurringSpec("tock", CronSchedule.parse("0 5 * * *")))
+    assert (moved.attempt, moved.scheduled_at) == (0, tick)
+    assert moved.next_run is not None and moved.next_run <= db_now(engine), "still due now"
+    with repository(engine, models) as repo:
+        triggered = repo.trigger("tock")
+    assert triggered.scheduled_at == tick
+
+
 # --------------------------------------------------------------------------- retention cleanup
 def test_cleanup_deletes_finished_one_time_jobs_past_retention_only(
     engine: sa.Engine, models: Models
