@@ -65,7 +65,7 @@ from .scheduler import (
     translate_error,
     unavailable,
 )
-from .states import JobStatus, JobType
+from .states import JobStatus, JobType, RunStatus
 from .timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from .workers import (
     Inflight,
@@ -455,7 +455,7 @@ class AsyncScheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     async def trigger(self, key: str) -> JobRecord:
@@ -632,8 +632,12 @@ class AsyncScheduler:
                 error = await self.workers.execute(running)
                 duration_ms = int((time.monotonic() - started) * 1000)
                 outcome = attempt_outcome(running, error, duration_ms)
-            if outcome is None:
-                await self.transaction(lambda repo: repo.release(self.node_id, [claimed.lease_id]))
+            if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
+                await self.transaction(
+                    lambda repo: repo.release(
+                        self.node_id, [claimed.lease_id], reason=outcome.error
+                    )
+                )
             else:
                 (result,) = await self.write_outcomes([(claimed, outcome)])
                 report_outcome(self.log, claimed, outcome, result)

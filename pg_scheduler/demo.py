@@ -59,16 +59,19 @@ _SECOND = dt.timedelta(seconds=1)
 def tick(ctx: JobContext) -> None:
     """The per-second recurring job: a little work, so runs have a visible duration."""
     ctx.cancelled.wait(0.05)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def send_email(ctx: JobContext) -> None:
     ctx.logger.info("sending %r to %s", ctx.params["subject"], ctx.params["to"])
     ctx.cancelled.wait(0.3)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def resize_image(ctx: JobContext) -> None:
     ctx.logger.info("resizing image %s to %spx", ctx.params["image_id"], ctx.params["width"])
     ctx.cancelled.wait(0.6)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def flaky_import(ctx: JobContext) -> None:
@@ -78,6 +81,7 @@ def flaky_import(ctx: JobContext) -> None:
             f"{ctx.params['source']}: connection reset (attempt {ctx.attempt}, will be retried)"
         )
     ctx.cancelled.wait(0.2)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def node(url: str) -> Scheduler:

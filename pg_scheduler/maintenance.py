@@ -117,18 +117,20 @@ def rescue(
     repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
 ) -> tuple[int, int]:
     """Take back stalled leases; returns (handed back to pending, marked failed)."""
-    taken = repo.rescue_stalled(cfg.no_heartbeat_timeout)
+    taken = repo.rescue_stalled(cfg.no_heartbeat_timeout, max_lost_leases=cfg.max_lost_leases)
     for key in taken.pending:
         log.warning(
-            "job %r stalled (no heartbeat for %s); handed back to pending",
+            "job %r stalled (no heartbeat for %s); handed back to pending (no attempt used up)",
             key,
             cfg.no_heartbeat_timeout,
             extra={"event": "job.rescued", "job_key": key},
         )
     for key in taken.failed:
         log.error(
-            "job %r stalled on its last attempt; marked failed",
+            "job %r stalled: its runs lost their lease %d times in a row (node died or hung); "
+            "marked failed, not retried",
             key,
+            cfg.max_lost_leases,
             extra={"event": "job.failed", "job_key": key},
         )
     return len(taken.pending), len(taken.failed)

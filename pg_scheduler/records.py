@@ -50,6 +50,9 @@ class JobRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     finished_at: dt.datetime | None
+    lost_leases: int
+    """Runs of the current run request (one-time) or tick (recurring) lost in a row: their node
+    died or hung. Not attempts; bounded by ``SchedulerConfig.max_lost_leases``."""
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> JobRecord:

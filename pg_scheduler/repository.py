@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Grouping
 
 from . import direct, states
-from .config import RetryBackoff
+from .config import DEFAULT_MAX_LOST_LEASES, RetryBackoff
 from .cron import CronSchedule, MisfirePolicy, next_run_after
 from .errors import (
     ConfigError,
@@ -148,6 +148,13 @@ def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
     """Whether ``finish_many`` writes this outcome in its one shared statement (a completed
     one-time run) rather than through ``finish``."""
     return outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
+
+
+def waiting_for_tick(j: Any) -> sa.ColumnElement[bool]:
+    """A pending recurring row that is only waiting for its tick: no attempt made, and not a tick
+    handed back or lost (those give their attempt back, but are due now, off their tick: a run in
+    progress that a re-schedule or a trigger must not replace)."""
+    return sa.and_(j.attempt == 0, j.next_run == j.scheduled_at)
 
 
 @dataclass(frozen=True)
@@ -318,7 +325,9 @@ class JobRepository:
         )
         excluded = stmt.excluded
         schedule_changed = sa.or_(j.cron != excluded.cron, j.timezone != excluded.timezone)
-        take_new = sa.and_(j.status == JobStatus.PENDING.value, j.attempt == 0, schedule_changed)
+        take_new = sa.and_(
+            j.status == JobStatus.PENDING.value, waiting_for_tick(j), schedule_changed
+        )
         upsert = stmt.on_conflict_do_update(
             index_elements=[j.key],
             set_={
@@ -665,6 +674,7 @@ class JobRepository:
             "lease_id": None,
             "heartbeat_at": None,
             "cancel_requested": False,
+            "lost_leases": 0,  # a run finished: the count of lost runs in a row starts over
             "execution_time_ms": outcome.duration_ms,
             "updated_at": now(),
         }
@@ -831,6 +841,7 @@ class JobRepository:
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,
+                lost_leases=0,
                 execution_time_ms=done.c.duration_ms,
                 last_success_at=now(),
                 consecutive_failures=0,
@@ -868,38 +879,65 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------ taking leases back
-    def rescue_stalled(self, timeout: dt.timedelta, *, limit: int = 1000) -> TakeBackResult:
+    def rescue_stalled(
+        self,
+        timeout: dt.timedelta,
+        *,
+        limit: int = 1000,
+        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
+    ) -> TakeBackResult:
         """Take back jobs whose heartbeat is older than ``timeout`` (their node died or hung).
 
-        One statement moves them: to ``pending`` with the attempt counted, or to ``failed`` when a
-        one-time job has no attempts left. A live lease is never touched: the heartbeat age is the
-        guard, evaluated on the database clock, and the row is locked while it is decided.
+        One statement moves them back to ``pending``, runnable at once. A lost run is not a
+        failure: it uses up no attempt (``retries`` count exceptions only), it adds one to the
+        job's ``lost_leases``. The run that makes ``lost_leases`` reach ``max_lost_leases`` ends
+        the job instead (a poison job that takes its node down on every run): a one-time job
+        ``failed``, a recurring one waits for its next tick. A live lease is never touched: the
+        heartbeat age is the guard, evaluated on the database clock, and the row is locked while
+        it is decided.
         """
         j = self.jobs.c
         stalled = j.heartbeat_at < now() - timeout
         return self._take_back(
-            stalled, RunStatus.LOST, "lease lost: the node stopped heartbeating", limit
+            stalled,
+            RunStatus.LOST,
+            "lease lost: the node stopped heartbeating",
+            limit,
+            max_lost_leases=max_lost_leases,
         )
 
-    def release(self, node_id: str, leases: Iterable[uuid.UUID]) -> TakeBackResult:
-        """Hand back this node's unfinished jobs at the end of a shutdown (attempt counted)."""
+    def release(
+        self, node_id: str, leases: Iterable[uuid.UUID], *, reason: str | None = None
+    ) -> TakeBackResult:
+        """Hand back this node's unfinished jobs (shutdown): pending, runnable at once, and no
+        attempt used up. ``reason`` goes in the run rows' error."""
         held = list(leases)
         if not held:
             return TakeBackResult()
         j = self.jobs.c
         mine = sa.and_(j.lease_id.in_(held), j.node_id == node_id)
         return self._take_back(
-            mine, RunStatus.RELEASED, "released: still running when its node shut down", len(held)
+            mine,
+            RunStatus.RELEASED,
+            reason or "released: still running when its node shut down",
+            len(held),
         )
 
     def _take_back(
-        self, condition: sa.ColumnElement[bool], run_status: RunStatus, reason: str, limit: int
+        self,
+        condition: sa.ColumnElement[bool],
+        run_status: RunStatus,
+        reason: str,
+        limit: int,
+        *,
+        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
     ) -> TakeBackResult:
         j, r = self.jobs.c, self.runs.c
         # The rescuer skips rows locked by someone else (a heartbeat or an outcome write in
         # flight): it looks again next pass. A release must wait for them instead: skipping a row
         # that our own heartbeat happens to be renewing would leave it running under a dead node.
-        skip_locked = run_status is RunStatus.LOST
+        lost = run_status is RunStatus.LOST
+        skip_locked = lost
         victims = (
             sa.select(j.key, j.lease_id)
             .where(j.status == JobStatus.RUNNING.value, condition)
@@ -909,19 +947,32 @@ class JobRepository:
             .cte("victims")
             .prefix_with("MATERIALIZED")
         )
-        # A rescued job whose node died on its last attempt has failed. A released one has not:
-        # its node merely shut down, so it always goes back to pending (attempt still counted).
-        one_time_exhausted = sa.and_(
-            sa.literal(run_status is RunStatus.LOST),
-            j.job_type == JobType.ONE_TIME.value,
-            j.attempt > j.max_retries,
-        )
-        failure: dict[str, Any] = {}
-        if run_status is RunStatus.LOST:  # a node that vanished mid-run counts as a failure
-            failure = {
-                "last_failure_at": now(),
-                "consecutive_failures": j.consecutive_failures + 1,
-                "last_error": reason,
+        # Neither a lost nor a released run uses up an attempt: the claim counted one, give it
+        # back (the rerun has the same attempt number). A lost run counts in ``lost_leases``, and
+        # the one that reaches ``max_lost_leases`` ends a one-time job (``failed``); a recurring
+        # job then waits for its next tick (below).
+        poisoned = sa.and_(sa.literal(lost), j.lost_leases + 1 >= max_lost_leases)
+        one_time_poisoned = sa.and_(poisoned, j.job_type == JobType.ONE_TIME.value)
+        values: dict[str, Any] = {}
+        if lost:
+            values = {
+                "lost_leases": j.lost_leases + 1,
+                "last_error": sa.case(
+                    (
+                        poisoned,
+                        sa.func.concat(
+                            "lost its lease ",
+                            sa.cast(j.lost_leases + 1, sa.Text),
+                            " times (node died or hung); not retried",
+                        ),
+                    ),
+                    else_=reason,
+                ),
+                "last_failure_at": sa.case((one_time_poisoned, now()), else_=j.last_failure_at),
+                "consecutive_failures": sa.case(
+                    (one_time_poisoned, j.consecutive_failures + 1),
+                    else_=j.consecutive_failures,
+                ),
             }
         moved = (
             sa.update(self.jobs)
@@ -929,21 +980,25 @@ class JobRepository:
                 j.key == victims.c.key,
                 j.lease_id == victims.c.lease_id,
                 self._guard(
-                    states.RESCUE if run_status is RunStatus.LOST else states.RELEASE,
+                    states.RESCUE if lost else states.RELEASE,
                     lease_id=victims.c.lease_id,
                 ),
             )
             .values(
                 status=sa.case(
-                    (one_time_exhausted, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
+                    (one_time_poisoned, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
                 ),
-                next_run=sa.case((one_time_exhausted, sa.null()), else_=now()),
-                finished_at=sa.case((one_time_exhausted, now()), else_=sa.null()),
+                next_run=sa.case((one_time_poisoned, sa.null()), else_=now()),
+                finished_at=sa.case((one_time_poisoned, now()), else_=sa.null()),
+                # A job given up keeps its last attempt, as its run rows show it.
+                attempt=sa.case(
+                    (one_time_poisoned, j.attempt), else_=sa.func.greatest(j.attempt - 1, 0)
+                ),
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,
                 updated_at=now(),
-                **failure,
+                **values,
             )
             .returning(
                 j.key,
@@ -956,6 +1011,7 @@ class JobRepository:
                 j.scheduled_at,
                 j.attempt,
                 j.max_retries,
+                j.lost_leases,  # the new count
                 victims.c.lease_id.label("old_lease"),
             )
             .cte("moved")
@@ -975,11 +1031,14 @@ class JobRepository:
             if row["status"] == JobStatus.FAILED.value:
                 failed.append(row["key"])
                 continue
-            exhausted = row["attempt"] > row["max_retries"] and run_status is RunStatus.LOST
-            if row["job_type"] == JobType.RECURRING.value and exhausted:
-                # A recurring job out of attempts for this tick goes back to its schedule. The row
-                # is locked by the statement above until this transaction ends, so this second
-                # write cannot race anyone.
+            if (
+                lost
+                and row["job_type"] == JobType.RECURRING.value
+                and row["lost_leases"] >= max_lost_leases
+            ):
+                # A recurring job whose runs keep being lost gives up this tick and waits for
+                # the next one. The row is locked by the statement above until this transaction
+                # ends, so this second write cannot race anyone.
                 db_now = db_now or self.now()
                 still_pending = sa.and_(j.key == row["key"], j.status == JobStatus.PENDING.value)
                 try:
@@ -1008,7 +1067,7 @@ class JobRepository:
                 self._execute(
                     sa.update(self.jobs)
                     .where(still_pending)
-                    .values(next_run=tick, scheduled_at=tick, attempt=0)
+                    .values(next_run=tick, scheduled_at=tick, attempt=0, lost_leases=0)
                 )
             pending.append(row["key"])
         if pending:
@@ -1062,7 +1121,7 @@ class JobRepository:
     def trigger(self, key: str) -> JobRecord:
         """Make a pending job due now (a recurring job runs now, outside its schedule)."""
         j = self.jobs.c
-        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, j.attempt == 0)
+        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, waiting_for_tick(j))
         row = (
             self._execute(
                 sa.update(self.jobs)
@@ -1095,6 +1154,7 @@ class JobRepository:
                     # A new run request: a new scheduled_at keeps (key, scheduled_at, attempt) unique.
                     scheduled_at=now(),
                     attempt=0,
+                    lost_leases=0,
                     finished_at=None,
                     updated_at=now(),
                 )
@@ -1251,8 +1311,9 @@ class JobRepository:
         stmt = (
             sa.select(self.runs)
             .where(r.job_key == key)
-            # Newest first, in the order of the tick_uq index (a run's id follows the same order).
-            .order_by(r.scheduled_at.desc(), r.attempt.desc())
+            # Newest first, in the order of the tick_ix index (a run's id follows the same order).
+            # A handed-back or lost run and its rerun share an attempt: the later one first.
+            .order_by(r.scheduled_at.desc(), r.attempt.desc(), r.id.desc())
             .limit(limit)
         )
         return [RunRecord.from_row(row) for row in self._execute(stmt).mappings()]

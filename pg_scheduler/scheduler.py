@@ -56,7 +56,7 @@ from .repository import (
     new_key,
     shares_one_statement,
 )
-from .states import JobStatus, JobType
+from .states import JobStatus, JobType, RunStatus
 from .timeouts import Deadlines, set_local_timeouts
 from .workers import (
     EventLoopThread,
@@ -112,8 +112,9 @@ class Scheduler:
         self._registry = JobRegistry()
         # Recurring jobs declared before start(): start() writes their rows (see schedule_job).
         self._declared: list[JobConfig] = []
-        self._state = "new"  # new -> running -> stopped
+        self._state = "new"  # new -> running -> stopping -> stopped
         self._state_lock = threading.Lock()
+        self._stopped = threading.Event()  # set when a shutdown() has finished stopping the node
         # One kept autocommit connection per stream of the node's own statements.
         self.claim_connection = KeptConnection(self.engine)
         self.outcome_connection = KeptConnection(self.engine)
@@ -401,7 +402,7 @@ class Scheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     def trigger(self, key: str) -> JobRecord:
@@ -459,13 +460,29 @@ class Scheduler:
     def shutdown(self, timeout: dt.timedelta | None = None) -> None:
         """Stop claiming, ask running jobs to stop, wait up to ``shutdown_timeout`` for them, and
         hand back the ones still running. Records every outcome that arrives in time. When it
-        returns, no row is ``running`` under this node's leases. Calling it twice is harmless."""
+        returns, no row is ``running`` under this node's leases. Calling it twice is harmless: a
+        call made while another is still stopping the node waits for that one to finish."""
         with self._state_lock:
-            if self._state != "running":
+            if self._state == "stopping":
+                stopping = True
+            elif self._state != "running":
                 self._state = "stopped"
                 self.close_autocommit_connections()  # a producer-only scheduler may hold one
                 return
-            self._state = "stopping"
+            else:
+                stopping = False
+                self._state = "stopping"
+        if stopping:
+            self._stopped.wait()
+            return
+        try:
+            self._stop(timeout)
+        finally:
+            with self._state_lock:
+                self._state = "stopped"
+            self._stopped.set()
+
+    def _stop(self, timeout: dt.timedelta | None) -> None:
         wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
         self.log.info("node %s stopping", self.node_id, extra={"event": "node.stopping"})
         self.poller.stop()
@@ -487,8 +504,6 @@ class Scheduler:
             self._pool.stop()
         if self._loop is not None:
             self._loop.stop()
-        with self._state_lock:
-            self._state = "stopped"
         self.close_autocommit_connections()
         self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
 
@@ -541,7 +556,7 @@ class Scheduler:
 
     def _event_loop(self) -> EventLoopThread:
         with self._state_lock:
-            if self._loop is None:
+            if self._loop is None or not self._loop.alive:  # a dead loop's runs were handed back
                 self._loop = EventLoopThread("pg_scheduler")
             return self._loop
 
@@ -577,18 +592,18 @@ class Scheduler:
         self.inflight.remove(running.lease_id)
         self.poller.slot_freed()
 
-    def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
+    def _finish(self, running: RunningJob, outcome: Outcome) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the
         writer's callback finishes the attempt)."""
         claimed = running.claimed
         if running.stop_reason is StopReason.LEASE_LOST:
             report_dropped(self.log, claimed.key)
             return False
-        if outcome is None:
+        if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
 
             def release() -> None:
                 with self.transaction() as repo:
-                    repo.release(self.node_id, [claimed.lease_id])
+                    repo.release(self.node_id, [claimed.lease_id], reason=outcome.error)
 
             self._retry_database("release", release)
             return False
@@ -712,9 +727,9 @@ class Scheduler:
                 error = execute(running, loop if running.job.is_async else None)
                 duration_ms = int((time.monotonic() - started) * 1000)
                 outcome = attempt_outcome(running, error, duration_ms)
-            if outcome is None:
+            if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
                 with self.transaction() as repo:
-                    repo.release(self.node_id, [claimed.lease_id])
+                    repo.release(self.node_id, [claimed.lease_id], reason=outcome.error)
             else:
                 (result,) = self._write_outcomes([(claimed, outcome)])
                 report_outcome(self.log, claimed, outcome, result)
