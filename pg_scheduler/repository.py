@@ -694,6 +694,11 @@ class JobRepository:
         if retry:
             transition, status = states.RETRY, JobStatus.PENDING
             values.update(next_run=now() + self.backoff.delay(job.attempt))
+        elif outcome.status is RunStatus.CANCELLED:
+            # cancel_job ends the job, recurring ones too: off until retry_job, as when it is
+            # cancelled while pending (an operator's cancel is never undone by the next tick).
+            transition, status = states.ABORT, JobStatus.CANCELLED
+            values.update(next_run=None, finished_at=now())
         elif job.job_type is JobType.RECURRING:
             try:
                 next_run = self._next_tick(job)
@@ -719,8 +724,6 @@ class JobRepository:
                 JobStatus.CANCELLED: states.ABORT,
             }[status]
             values.update(next_run=None, finished_at=now())
-        if outcome.status is RunStatus.CANCELLED:
-            transition = states.ABORT
         values["status"] = status.value
 
         moved = (

@@ -115,7 +115,7 @@ COMPLETE = _t("complete", {R}, {C})
 RESCHEDULE = _t("reschedule", {R}, {P})  # recurring: done with this tick, wait for the next one
 RETRY = _t("retry", {R}, {P})
 FAIL = _t("fail", {R}, {F})
-ABORT = _t("abort", {R}, {X, P})  # the holder honours a cancel request
+ABORT = _t("abort", {R}, {X})  # the holder honours a cancel request: the job ends cancelled
 # Taking a lease back from a node that stopped heartbeating, or at the end of a shutdown.
 RESCUE = _t("rescue", {R}, {P, F})  # failed only past max_lost_leases
 RELEASE = _t("release", {R}, {P})  # handed back by its node; the job did not fail

@@ -154,12 +154,29 @@ def _get(engine: sa.Engine, models: Models, key: str) -> Any:
 
 
 # --------------------------------------------------------------------------- recurring ticks
+def test_a_cancelled_run_turns_a_recurring_job_off_until_retried(
+    engine: sa.Engine, models: Models
+) -> None:
+    """cancel_job on a running recurring job ends the job as it would a pending one: cancelled,
+    no next tick, until retry_job."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine, models, job_type="recurring", cron=EVERY_MINUTE, scheduled_at=tick, attempt=1
+    )
+    with repository(engine, models) as repo:
+        result = repo.finish(claimed, Outcome(RunStatus.CANCELLED, 1, "cancelled on request"))
+    assert result.applied and result.status is JobStatus.CANCELLED
+    job = _get(engine, models, claimed.key)
+    assert (job.status, job.next_run) == (JobStatus.CANCELLED, None)
+    with repository(engine, models) as repo:
+        assert repo.retry_now(claimed.key).status is JobStatus.PENDING
+
+
 @pytest.mark.parametrize(
     ("outcome", "attempt", "max_retries"),
     [
         pytest.param(RunStatus.COMPLETED, 1, 0, id="success"),
         pytest.param(RunStatus.FAILED, 3, 2, id="retries-exhausted"),
-        pytest.param(RunStatus.CANCELLED, 1, 5, id="cancelled"),
         pytest.param(RunStatus.SKIPPED, 1, 0, id="skipped"),
     ],
 )

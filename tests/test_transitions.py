@@ -142,7 +142,7 @@ CASES = [
         states.ABORT,
         finish_with(RunStatus.CANCELLED),
         applied,
-        lambda t: JobStatus.CANCELLED if t is JobType.ONE_TIME else JobStatus.PENDING,
+        always(JobStatus.CANCELLED),  # a recurring job too: off until retry_job
         setup={"cancel_requested": True, "max_retries": 3},
         run_status=RunStatus.CANCELLED,
     ),
@@ -282,7 +282,7 @@ DESIGNED = {
     "reschedule": ({R}, {P}),
     "retry": ({R}, {P}),
     "fail": ({R}, {F}),
-    "abort": ({R}, {X, P}),
+    "abort": ({R}, {X}),
     "rescue": ({R}, {P, F}),
     "release": ({R}, {P}),
     "cancel": ({P}, {X}),
