@@ -11,7 +11,7 @@
    │   retry /     │  ├───── success ───► pending @ next tick (recurring)
    │   rescue      │  ├───── failure, retries left ───► pending @ now + backoff
    └───────────────┘  ├───── failure, none left ──────► failed (one-time) / pending @ next tick
-                      ├───── cancel requested ────────► cancelled (however the code ends; recurring too)
+                      ├───── cancel requested ────────► cancelled, recurring too
                       │                                 (however the code ended; never re-run)
                       ├───── handed back (release) ───► pending at once (no attempt used up)
                       └───── lease lost (rescue) ─────► pending at once (no attempt used up);
