@@ -441,7 +441,7 @@ class Scheduler:
         self.maintenance.start()
         self.poller.start(immediately=self.config.run_immediately)
         self.log.info(
-            "node %s started (%d jobs registered)",
+            "node %s started; job names registered: %d",
             self.node_id,
             len(self._registry),
             extra={"event": "node.started", "node_id": self.node_id},
@@ -518,14 +518,14 @@ class Scheduler:
             with self.transaction() as repo:
                 result = repo.release(self.node_id, leases)
             self.log.warning(
-                "shutdown timeout: handed back %d running jobs",
+                "shutdown timeout: running jobs handed back: %d",
                 result.count,
                 extra={"event": "job.released", "keys": list(result.pending + result.failed)},
             )
 
         if not self._retry_database("release", release):
             self.log.error(
-                "could not hand back %d jobs; their leases will expire and another node will "
+                "could not hand back the running jobs (%d); their leases will expire and another node will "
                 "rescue them",
                 len(leases),
                 extra={"event": "job.release_failed"},
