@@ -1,0 +1,160 @@
+"""The claim's plan does not depend on the planner's statistics or on the size of the backlog.
+
+A burst of jobs into a table that was empty (never analyzed, or analyzed before the burst) used to
+make every claim read the whole due backlog: the planner, estimating one due row, chose a bitmap
+scan of every due row and a sort, then took the limit (5.5 ms per claim with 10,000 due rows,
+growing with the backlog). The claim must walk the due index in order and stop at its limit, with
+the table never analyzed and after ANALYZE alike. Checked on row counts and buffers, not timings:
+the plan's own figures (``EXPLAIN (ANALYZE, BUFFERS)``), and what ``claim`` itself read from the
+due index (the server's per-index counters).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from pg_scheduler.connections import switch_to_autocommit
+from pg_scheduler.models import Models
+from pg_scheduler.naming import Names
+from pg_scheduler.repository import PLANNER_SETTINGS_SQL, JobRepository
+
+NODE = "plan-test:1:0badcafe"
+NAME = "plan_job"
+BACKLOG = 20_000
+LIMIT = 10
+
+
+def fill(owner: sa.Engine, names: Names, *, analyzed: bool) -> None:
+    """``BACKLOG`` due one-time jobs in one INSERT ... SELECT, with autovacuum off on the table
+    (so that it cannot analyze it behind the test's back), then ANALYZE or not."""
+    table = names.jobs_table
+    with owner.begin() as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (key, name, job_type, status, next_run, scheduled_at)"
+            f" SELECT 'due#' || lpad(i::text, 9, '0'), '{NAME}', 'one_time', 'pending',"
+            " now() - interval '1 minute', now() - interval '1 minute'"
+            f" FROM generate_series(1, {BACKLOG}) AS i"
+        )
+    with owner.connect() as conn:
+        switch_to_autocommit(conn)
+        if analyzed:
+            conn.exec_driver_sql(f"ANALYZE {table}")
+        reltuples = conn.exec_driver_sql(
+            f"SELECT reltuples FROM pg_class WHERE oid = '{table}'::regclass"
+        ).scalar_one()
+    if analyzed:
+        assert reltuples == BACKLOG
+    else:
+        assert reltuples == -1  # never analyzed (PostgreSQL 14+)
+
+
+@pytest.fixture(params=["never_analyzed", "analyzed"])
+def backlog(request: pytest.FixtureRequest, owner_engine: sa.Engine, names: Names) -> str:
+    fill(owner_engine, names, analyzed=request.param == "analyzed")
+    return str(request.param)
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
+def test_the_claims_plan_walks_the_due_index_and_stops_at_the_limit(
+    engine: sa.Engine, names: Names, models: Models, backlog: str
+) -> None:
+    with Session(engine) as session, session.begin():
+        repo = JobRepository(session, models)
+        stmt = repo.claim_statement(NODE, [NAME, "other_job"], LIMIT)
+        compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        session.execute(sa.text(PLANNER_SETTINGS_SQL))  # what ``claim`` runs first
+        explained = session.execute(
+            sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}")
+        ).scalar_one()
+        session.rollback()
+    if isinstance(explained, str):  # drivers that do not decode json
+        import json
+
+        explained = json.loads(explained)
+    root = explained[0]["Plan"]
+    nodes = list(plan_nodes(root))
+    due_ix = names.job("due_ix")
+    reads = [n for n in nodes if n.get("Relation Name") == names.jobs_table]
+    walk = [n for n in reads if n.get("Index Name") == due_ix]
+    summary = [
+        (n["Node Type"], n.get("Index Name"), n["Actual Rows"], n.get("Shared Hit Blocks"))
+        for n in nodes
+    ]
+    assert [n["Node Type"] for n in walk] == ["Index Scan"], summary
+    assert walk[0]["Actual Rows"] == LIMIT, summary
+    # Nothing in the plan reads or sorts the backlog: no node handles more rows than the limit
+    # (the pkey look-ups are one row per loop), and the statement touches a few dozen buffers
+    # (the 20,000 due rows fill about 400 pages).
+    assert max(n["Actual Rows"] for n in nodes) <= LIMIT, summary
+    assert not [n for n in nodes if n["Node Type"].startswith("Bitmap")], summary
+    assert root["Shared Hit Blocks"] + root.get("Shared Read Blocks", 0) < 200, summary
+
+
+def due_index_reads(owner: sa.Engine, names: Names) -> int:
+    with owner.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        value = conn.exec_driver_sql(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes"
+            f" WHERE indexrelid = '{names.job('due_ix')}'::regclass"
+        ).scalar_one()
+        conn.rollback()
+    return int(value)
+
+
+def wait_for_reads(owner: sa.Engine, names: Names, before: int) -> int:
+    """The due index's tuple reads since ``before``, once the claiming backend has reported them
+    (a backend flushes its counters when it exits; the claim's connection is closed by then)."""
+    deadline = time.monotonic() + 15.0
+    while True:
+        read = due_index_reads(owner, names) - before
+        if read > 0 or time.monotonic() > deadline:
+            return read
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path", ["autocommit_direct", "autocommit_sqlalchemy", "transaction"])
+def test_claim_reads_the_due_index_only_up_to_its_limit(
+    engine: sa.Engine,
+    owner_engine: sa.Engine,
+    names: Names,
+    models: Models,
+    backlog: str,
+    path: str,
+) -> None:
+    """What ``claim`` itself reads from the due index, on each way it is run: the scheduler's
+    autocommit connections straight to the driver's cursor (psycopg, psycopg2) or through
+    SQLAlchemy (pg8000, or an application watching its SQL), and inside a caller's transaction."""
+    before = due_index_reads(owner_engine, names)
+    claimer = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    if path == "autocommit_sqlalchemy":
+        # An application that watches its SQL turns the direct path off (``direct.has_listeners``).
+        sa.event.listen(claimer, "before_cursor_execute", lambda *args: None)
+    try:
+        with claimer.connect() as conn:
+            if path == "transaction":
+                with conn.begin():
+                    claimed = JobRepository(conn, models).claim(NODE, [NAME], LIMIT)
+            else:
+                switch_to_autocommit(conn)
+                claimed = JobRepository(conn, models, direct=True).claim(NODE, [NAME], LIMIT)
+                # The settings were the claim's own: nothing is left on the connection.
+                assert conn.exec_driver_sql("SHOW enable_bitmapscan").scalar_one() == "on"
+    finally:
+        claimer.dispose()
+    assert len(claimed) == LIMIT
+    read = wait_for_reads(owner_engine, names, before)
+    # An in-order walk reads the claimed rows' entries (and perhaps a few more); the bitmap plan
+    # read all 20,000.
+    assert 0 < read <= 2 * LIMIT, read
