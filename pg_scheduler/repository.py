@@ -1122,8 +1122,14 @@ class JobRepository:
 
     # ------------------------------------------------------------------ maintenance
     def cleanup_finished(self, retention: dt.timedelta, *, limit: int = 10000) -> int:
-        """Delete finished one-time jobs (and runs) older than ``retention``; returns jobs deleted."""
+        """Delete finished one-time jobs (and runs) older than ``retention``; returns jobs deleted.
+
+        Runs under ``PLANNER_SETTINGS`` (for the rest of the caller's transaction): each delete
+        walks an index in order and stops at ``limit``. Without them, on a table never analyzed,
+        the jobs' delete read every expired entry of the finished index (270,000 to delete 1,000),
+        and the runs' delete could hash-join a sequential scan of the whole runs table."""
         j, r = self.jobs.c, self.runs.c
+        self.session.execute(sa.text(PLANNER_SETTINGS_SQL))
         old_jobs = (
             sa.select(j.key)
             .where(

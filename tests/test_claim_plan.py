@@ -158,3 +158,50 @@ def test_claim_reads_the_due_index_only_up_to_its_limit(
     # An in-order walk reads the claimed rows' entries (and perhaps a few more); the bitmap plan
     # read all 20,000.
     assert 0 < read <= 2 * LIMIT, read
+
+
+def index_reads(owner: sa.Engine, index: str) -> int:
+    with owner.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        value = conn.exec_driver_sql(
+            f"SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelid = '{index}'::regclass"
+        ).scalar_one()
+        conn.rollback()
+    return int(value)
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["never_analyzed", "analyzed"])
+def test_cleanup_reads_the_finished_index_only_up_to_its_limit(
+    engine: sa.Engine, owner_engine: sa.Engine, names: Names, models: Models, analyzed: bool
+) -> None:
+    """The retention cleanup deletes at most ``limit`` expired jobs per call; it must not read
+    every expired one to do so (on a table never analyzed it read all of them)."""
+    import datetime as dt
+
+    table = names.jobs_table
+    with owner_engine.begin() as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (key, name, job_type, status, attempt, scheduled_at, finished_at)"
+            f" SELECT 'done#' || i, '{NAME}', 'one_time', 'completed', 1,"
+            " now() - interval '3 days', now() - interval '2 days'"
+            f" FROM generate_series(1, {BACKLOG}) AS i"
+        )
+        if analyzed:
+            conn.exec_driver_sql(f"ANALYZE {table}")
+    finished_ix = names.job("finished_ix")
+    before = index_reads(owner_engine, finished_ix)
+    cleaner = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with cleaner.begin() as conn:
+            deleted = JobRepository(conn, models).cleanup_finished(
+                dt.timedelta(days=1), limit=LIMIT
+            )
+    finally:
+        cleaner.dispose()
+    assert deleted == LIMIT
+    deadline = time.monotonic() + 15.0
+    while (read := index_reads(owner_engine, finished_ix) - before) == 0:
+        assert time.monotonic() < deadline, "the cleanup's index reads were never reported"
+        time.sleep(0.05)
+    assert read <= 2 * LIMIT, read
