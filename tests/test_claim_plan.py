@@ -205,3 +205,30 @@ def test_cleanup_reads_the_finished_index_only_up_to_its_limit(
         assert time.monotonic() < deadline, "the cleanup's index reads were never reported"
         time.sleep(0.05)
     assert read <= 2 * LIMIT, read
+
+
+@pytest.mark.parametrize("path", ["autocommit_direct", "autocommit_sqlalchemy"])
+def test_a_failing_claim_leaves_no_transaction_and_no_settings(
+    engine: sa.Engine, models: Models, path: str
+) -> None:
+    """When the claim fails (here: cancelled by its lock timeout), the transaction that
+    carried the planner settings ends with it: the connection is idle, with its own settings,
+    and the next claim works."""
+    claimer = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    if path == "autocommit_sqlalchemy":
+        sa.event.listen(claimer, "before_cursor_execute", lambda *args: None)
+    try:
+        with claimer.connect() as conn:
+            switch_to_autocommit(conn)
+            repo = JobRepository(conn, models, direct=True)
+            # Lock the job table so the claim waits, and let the lock timeout end it.
+            conn.exec_driver_sql("SET lock_timeout = '50ms'")
+            with engine.connect() as locker, locker.begin():
+                locker.exec_driver_sql(f"LOCK TABLE {models.jobs.fullname} IN EXCLUSIVE MODE")
+                with pytest.raises(sa.exc.DBAPIError):
+                    repo.claim(NODE, [NAME], LIMIT)
+            assert conn.exec_driver_sql("SHOW enable_bitmapscan").scalar_one() == "on"
+            assert conn.exec_driver_sql("SELECT now() = statement_timestamp()").scalar_one()
+            assert repo.claim(NODE, [NAME], LIMIT) == []
+    finally:
+        claimer.dispose()
