@@ -167,30 +167,68 @@ def _execute_with_settings(
       query string are one implicit transaction, in one round trip.
     * psycopg 3 (sync): both statements in one pipeline, one Sync after them: the extended
       protocol runs what comes before a Sync as one transaction, in one round trip.
-    * any other (psycopg 3 under ``AsyncScheduler``): ``BEGIN`` ... ``COMMIT`` around them.
+    * psycopg 3 async (``AsyncScheduler``, through SQLAlchemy's adapter): the same pipeline on
+      the driver's own async connection, awaited from the adapter's greenlet.
+    * any other: ``BEGIN`` ... ``COMMIT`` around them.
 
     Each is one transaction, so it holds through a transaction-pooling PgBouncer too."""
-    module = type(dbapi_connection).__module__
-    if module.startswith("psycopg2"):
+    package = _package(dbapi_connection)
+    if package == "psycopg2":
         cursor.execute(f"{settings}; {sql}", params)
         return _rows(cursor, rows)
-    if module.startswith("psycopg.") and hasattr(dbapi_connection, "pipeline"):
+    if package == "psycopg" and hasattr(dbapi_connection, "pipeline"):
         side = _cursor(info, dbapi_connection, _SETTINGS_CURSOR_KEY)
         with dbapi_connection.pipeline():
             side.execute(settings)
             cursor.execute(sql, params)
         return _rows(cursor, rows)
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if _package(driver) == "psycopg" and hasattr(driver, "pipeline"):
+        fetched: Sequence[Sequence[Any]] = _await(
+            _async_pipeline(driver, sql, params, settings=settings, rows=rows)
+        )
+        return fetched
     cursor.execute("BEGIN")
     try:
         cursor.execute(settings)
         cursor.execute(sql, params)
-        fetched = _rows(cursor, rows)
+        result = _rows(cursor, rows)
         cursor.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(Exception):
             cursor.execute("ROLLBACK")
         raise
+    return result
+
+
+def _package(connection: Any) -> str:
+    """The top-level package of a driver's connection class (psycopg's public classes say
+    ``psycopg``, psycopg2's ``psycopg2.extensions``)."""
+    return type(connection).__module__.split(".", 1)[0]
+
+
+async def _async_pipeline(
+    connection: Any, sql: str, params: Mapping[str, Any], *, settings: str, rows: bool
+) -> Sequence[Sequence[Any]]:
+    """``_execute_with_settings``'s pipeline on a psycopg ``AsyncConnection``."""
+    side = connection.cursor()
+    cursor = connection.cursor()
+    async with connection.pipeline():
+        await side.execute(settings)
+        await cursor.execute(sql, params)
+    if not rows or cursor.description is None:
+        return ()
+    fetched: Sequence[Sequence[Any]] = await cursor.fetchall()
     return fetched
+
+
+def _await(awaitable: Any) -> Any:
+    """Run ``awaitable`` from the greenlet of SQLAlchemy's async adapter (``await_`` since
+    SQLAlchemy 2.1, ``await_only`` before)."""
+    from sqlalchemy.util import concurrency
+
+    run = getattr(concurrency, "await_", None) or concurrency.await_only
+    return run(awaitable)
 
 
 #: Where a pooled connection keeps its cursor for these statements (see ``_cursor``).

@@ -11,6 +11,7 @@ due index (the server's per-index counters).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from pg_scheduler.connections import switch_to_autocommit
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.repository import PLANNER_SETTINGS_SQL, JobRepository
+from pg_scheduler.testing import TestServer
 
 NODE = "plan-test:1:0badcafe"
 NAME = "plan_job"
@@ -160,6 +162,43 @@ def test_claim_reads_the_due_index_only_up_to_its_limit(
     assert 0 < read <= 2 * LIMIT, read
 
 
+@pytest.mark.parametrize("driver", ["psycopg_async", "asyncpg"])
+def test_claim_reads_the_due_index_only_up_to_its_limit_on_async_drivers(
+    driver: str,
+    pg_scheduler_server: TestServer,
+    owner_engine: sa.Engine,
+    names: Names,
+    models: Models,
+    backlog: str,
+) -> None:
+    """The same through ``AsyncScheduler``'s way in (``run_sync`` on an autocommit connection):
+    psycopg async sends the settings and the claim in one pipeline, asyncpg in BEGIN ... COMMIT."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    before = due_index_reads(owner_engine, names)
+
+    async def claim() -> list[Any]:
+        claimer = create_async_engine(
+            pg_scheduler_server.url_for(driver), poolclass=sa.pool.NullPool
+        )
+        try:
+            async with claimer.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                claimed = await conn.run_sync(
+                    lambda sync: JobRepository(sync, models, direct=True).claim(NODE, [NAME], LIMIT)
+                )
+                setting = await conn.exec_driver_sql("SHOW enable_bitmapscan")
+                assert setting.scalar_one() == "on"
+                return claimed
+        finally:
+            await claimer.dispose()
+
+    claimed = asyncio.run(claim())
+    assert len(claimed) == LIMIT
+    read = wait_for_reads(owner_engine, names, before)
+    assert 0 < read <= 2 * LIMIT, read
+
+
 def index_reads(owner: sa.Engine, index: str) -> int:
     with owner.connect() as conn:
         conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
@@ -232,3 +271,42 @@ def test_a_failing_claim_leaves_no_transaction_and_no_settings(
             assert repo.claim(NODE, [NAME], LIMIT) == []
     finally:
         claimer.dispose()
+
+
+class RecordingCursor:
+    """A DBAPI cursor that records the SQL sent through it."""
+
+    def __init__(self, cursor: Any, sent: list[str]) -> None:
+        self._cursor = cursor
+        self._sent = sent
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._sent.append(sql)
+        return self._cursor.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def test_the_settings_ride_with_the_claim_in_one_round_trip(
+    engine: sa.Engine, models: Models
+) -> None:
+    """On psycopg (one pipeline) and psycopg2 (one query string) the settings and the claim
+    need no BEGIN and COMMIT of their own: nothing else is sent on the connection."""
+    if engine.dialect.driver not in ("psycopg", "psycopg2"):
+        pytest.skip("SQLAlchemy's path: BEGIN ... COMMIT around the claim")
+    from pg_scheduler import direct
+
+    sent: list[str] = []
+    with engine.connect() as conn:
+        switch_to_autocommit(conn)
+        repo = JobRepository(conn, models, direct=True)
+        assert repo.claim(NODE, [NAME], LIMIT) == []  # opens the kept cursors
+        info = conn.connection.info
+        for key in (direct._CURSOR_KEY, direct._SETTINGS_CURSOR_KEY):
+            if key in info:
+                info[key] = RecordingCursor(info[key], sent)
+        assert repo.claim(NODE, [NAME], LIMIT) == []
+    assert not [sql for sql in sent if sql.strip().upper() in ("BEGIN", "COMMIT")], sent
+    assert any(PLANNER_SETTINGS_SQL in sql for sql in sent), sent
+    assert any("SKIP LOCKED" in sql for sql in sent), sent
