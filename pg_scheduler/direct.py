@@ -27,6 +27,7 @@ disconnected is invalidated, as SQLAlchemy does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,14 +177,14 @@ def _execute_with_settings(
     if package == "psycopg2":
         cursor.execute(f"{settings}; {sql}", params)
         return _rows(cursor, rows)
-    if package == "psycopg" and hasattr(dbapi_connection, "pipeline"):
+    if package == "psycopg" and _pipeline_supported():
         side = _cursor(info, dbapi_connection, _SETTINGS_CURSOR_KEY)
         with dbapi_connection.pipeline():
             side.execute(settings)
             cursor.execute(sql, params)
         return _rows(cursor, rows)
     driver = getattr(dbapi_connection, "driver_connection", None)
-    if _package(driver) == "psycopg" and hasattr(driver, "pipeline"):
+    if _package(driver) == "psycopg" and _pipeline_supported():
         fetched: Sequence[Sequence[Any]] = _await(
             _async_pipeline(driver, sql, params, settings=settings, rows=rows)
         )
@@ -199,6 +200,15 @@ def _execute_with_settings(
             cursor.execute("ROLLBACK")
         raise
     return result
+
+
+@functools.cache
+def _pipeline_supported() -> bool:
+    """Whether psycopg's libpq has pipeline mode (libpq 14 and later; psycopg's binary wheels
+    bring their own)."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def _package(connection: Any) -> str:
