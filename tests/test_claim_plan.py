@@ -310,3 +310,36 @@ def test_the_settings_ride_with_the_claim_in_one_round_trip(
     assert not [sql for sql in sent if sql.strip().upper() in ("BEGIN", "COMMIT")], sent
     assert any(PLANNER_SETTINGS_SQL in sql for sql in sent), sent
     assert any("SKIP LOCKED" in sql for sql in sent), sent
+
+
+def test_a_failing_claim_on_psycopg_async_leaves_no_transaction(
+    pg_scheduler_server: TestServer, engine: sa.Engine, models: Models
+) -> None:
+    """The same on psycopg async's pipeline (``AsyncScheduler``'s way in)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def main() -> None:
+        claimer = create_async_engine(
+            pg_scheduler_server.url_for("psycopg_async"), poolclass=sa.pool.NullPool
+        )
+        try:
+            async with claimer.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("SET lock_timeout = '50ms'")
+
+                def claim(sync: sa.Connection) -> list[Any]:
+                    return JobRepository(sync, models, direct=True).claim(NODE, [NAME], LIMIT)
+
+                with engine.connect() as locker, locker.begin():
+                    locker.exec_driver_sql(f"LOCK TABLE {models.jobs.fullname} IN EXCLUSIVE MODE")
+                    with pytest.raises(sa.exc.DBAPIError):
+                        await conn.run_sync(claim)
+                setting = await conn.exec_driver_sql("SHOW enable_bitmapscan")
+                assert setting.scalar_one() == "on"
+                idle = await conn.exec_driver_sql("SELECT now() = statement_timestamp()")
+                assert idle.scalar_one()
+                assert await conn.run_sync(claim) == []
+        finally:
+            await claimer.dispose()
+
+    asyncio.run(main())
