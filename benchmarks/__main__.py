@@ -222,7 +222,7 @@ def machine(dsn: str) -> dict[str, Any]:
     with _harness.admin_connection(dsn) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     versions = {}
-    for dist in ("pg-scheduler", "sqlalchemy", "psycopg", *PEER_NAMES):
+    for dist in ("sqlalchemy-pg-scheduler", "sqlalchemy", "psycopg", *PEER_NAMES):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     return {

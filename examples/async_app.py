@@ -10,7 +10,7 @@ runs on the application's own event loop, engine and session factory:
 - ``heartbeat_metrics`` is a per-second recurring job.
 
 Run it: ``python examples/async_app.py``. Without ``PG_SCHEDULER_DATABASE_URL`` it starts an
-embedded PostgreSQL (``pip install 'pg-scheduler[asyncio,embedded]' asyncpg``); with it, it uses
+embedded PostgreSQL (``pip install 'sqlalchemy-pg-scheduler[asyncio,embedded]' asyncpg``); with it, it uses
 that database through asyncpg. It finishes within a minute and exits non-zero if any promise was
 broken.
 """

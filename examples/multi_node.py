@@ -139,11 +139,12 @@ def main() -> None:
         engine.dispose()
 
     for node_id, n in by_node:
-        print(f"  {node_id}: {n} ticks")
+        print(f"  {node_id}: {n} tick{'' if n == 1 else 's'}")
     assert codes == [0] * NODES, f"node exit codes {codes}"
     assert not twice, f"ticks run twice: {twice}"
     assert not runs_twice, f"ticks completed twice in the run history: {runs_twice}"
-    print(f"ok: {ticks} ticks on {NODES} nodes, none ran twice")
+    # Only the nodes that ran ticks count: a node may be up and never win a claim.
+    print(f"ok: {ticks} ticks on {len(by_node)} of {NODES} nodes, none ran twice")
 
 
 def count_ticks(engine: sa.Engine) -> int:

@@ -7,7 +7,7 @@ parameters and may be retried three times.
     python examples/quickstart.py
 
 Uses ``PG_SCHEDULER_DATABASE_URL`` if set, else an embedded PostgreSQL in ``./.pg_scheduler``
-(``pip install 'pg-scheduler[embedded]'``). Runs for a few seconds, checks what happened, exits 0.
+(``pip install 'sqlalchemy-pg-scheduler[embedded]'``). Runs for a few seconds, checks what happened, exits 0.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from . import errors, migrations
 from .config import RetryBackoff, SchedulerConfig
 from .cron import CronSchedule
 from .errors import PgSchedulerError
-from .jobs import FunctionJob, Job, JobCancelled, JobConfig, JobContext
+from .jobs import CancelReason, FunctionJob, Job, JobCancelled, JobConfig, JobContext
 from .naming import Names
 from .records import JobRecord, NodeRecord, RunRecord
 from .repository import CancelResult, JobRepository
@@ -22,6 +22,7 @@ from .states import JobStatus, JobType, RunStatus
 
 __all__ = [
     "AsyncScheduler",
+    "CancelReason",
     "CancelResult",
     "CronSchedule",
     "FunctionJob",

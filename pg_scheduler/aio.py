@@ -12,7 +12,7 @@ function the threaded scheduler calls too. What differs is only how this node wa
   well as ``ctx.cancelled``, and its outcome is written once its code has really stopped;
 - synchronous job code runs on worker threads, so it can never block the loop.
 
-Needs ``pip install 'pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
+Needs ``pip install 'sqlalchemy-pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
 and an async driver: asyncpg or psycopg 3.
 """
 
@@ -23,7 +23,9 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .aio_notify import AsyncListener
-from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
+from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller, running_loop
 from .aio_workers import AsyncWorkers
 from .config import SchedulerConfig
 from .errors import (
@@ -46,7 +48,7 @@ from .errors import (
 from .jobs import FunctionJob, Job, JobConfig
 from .models import Models, build_models
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import JobRegistry, schedule
+from .registry import Claimable, JobRegistry, schedule
 from .repository import (
     CancelResult,
     FinishResult,
@@ -63,9 +65,17 @@ from .scheduler import (
     translate_error,
     unavailable,
 )
-from .states import JobStatus, JobType
+from .states import JobStatus, JobType, RunStatus
 from .timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
-from .workers import Inflight, RunningJob, StopReason
+from .workers import (
+    Inflight,
+    RunningJob,
+    StopReason,
+    attempt_outcome,
+    misfire_outcome,
+    new_context,
+    report_outcome,
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,7 +115,12 @@ class AsyncScheduler:
         )
         self.inflight = Inflight()
         self._registry = JobRegistry()
-        self._unscheduled: list[Job] = []  # decorated before start(); scheduled by start()
+        # Recurring jobs declared before start(): start() writes their rows (see schedule_job).
+        # The lock makes "record it, or see that start() is done and write it" atomic for
+        # declarations made from other threads.
+        self._declared: list[JobConfig] = []
+        self._declare_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
         self._background: set[asyncio.Future[Any]] = set()
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
@@ -226,15 +241,65 @@ class AsyncScheduler:
     def registered_names(self) -> list[str]:
         return self._registry.names()
 
+    def claimable(self) -> Claimable:
+        """The names this node claims, with their handlers' retries (see ``JobRepository.claim``)."""
+        return self._registry.claimable()
+
     def registered_job(self, name: str) -> Job | None:
         return self._registry.get(name)
 
     async def schedule_job(self, job: Job) -> str:
-        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
-        one-time job is enqueued once with its config's params. Returns the job key."""
+        """Register ``job`` and schedule it. Returns the job key.
+
+        A recurring job is a declaration: before ``start()`` it is only recorded (no database
+        needed), and ``start()`` writes its row; once started, its row is created or updated at
+        once. A one-time job is enqueued at once with its config's params. Once started, it may
+        be awaited on another thread's event loop too: the write runs on the scheduler's loop.
+        """
         self.register(job)
+        if self._declare(job.config):
+            return job.name  # a recurring job's key is its name
+        return await self._on_own_loop(self._schedule_now(job.config))
+
+    def _declare(self, config: JobConfig) -> bool:
+        """Record a recurring job's declaration for ``start()``; False when there is nothing to
+        record (a one-time job) or ``start()`` has written its declarations already."""
+        if config.job_type is not JobType.RECURRING:
+            return False
+        with self._declare_lock:
+            if self._state in ("new", "starting"):
+                self._declared.append(config)
+                return True
+        return False
+
+    async def _write_declarations(self) -> None:
+        """Write the rows of the recurring jobs declared so far, and of those declared meanwhile
+        (from this loop or another thread)."""
+        while True:
+            with self._declare_lock:
+                if not self._declared:
+                    return
+                config = self._declared[0]
+            await self.transaction(partial(schedule, config=config))
+            with self._declare_lock:
+                self._declared.pop(0)
+
+    async def _schedule_now(self, config: JobConfig) -> str:
         await self._ensure_schema()
-        return await self.transaction(lambda repo: schedule(repo, job.config))
+        return await self.transaction(lambda repo: schedule(repo, config))
+
+    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the loop the scheduler was started on (its engine's connections and
+        its tasks live there), also when called from another thread's loop."""
+        loop = self._loop
+        if loop is None or running_loop() is loop:
+            return await coro
+        if loop.is_closed() or not loop.is_running():
+            coro.close()
+            raise SchedulerStateError(
+                "the event loop this AsyncScheduler was started on is no longer running"
+            )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def recurring(
         self,
@@ -246,8 +311,10 @@ class AsyncScheduler:
         misfire: Any = "coalesce",
         misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
     ) -> Callable[[F], F]:
-        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. Its row is
-        written by ``start()``, or at once in the background when the scheduler already runs."""
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. A
+        declaration, as ``schedule_job``: its row is written by ``start()``. Once started, it is
+        written at once: in the background when decorated on the scheduler's loop (a failure is
+        logged), else (another thread) before the decorator returns (a failure raises)."""
         config = JobConfig.recurring(
             name,
             cron,
@@ -258,14 +325,32 @@ class AsyncScheduler:
         )
 
         def decorate(fn: F) -> F:
-            job = self.register(FunctionJob(config, fn))
-            if self._state == "running":
-                self.spawn(self.schedule_job(job), "schedule")
-            else:
-                self._unscheduled.append(job)
+            self.register(FunctionJob(config, fn))
+            if not self._declare(config):
+                self._schedule_soon(config)
             return fn
 
         return decorate
+
+    def _schedule_soon(self, config: JobConfig) -> None:
+        """Write a recurring job's row declared after ``start()``, from a plain (sync) call."""
+        loop = self._loop
+        if loop is not None and running_loop() is loop:
+            self.spawn(self._schedule_now(config), "schedule")
+            return
+        if loop is None or loop.is_closed() or not loop.is_running():
+            raise SchedulerStateError(
+                f"cannot schedule {config.name!r}: this AsyncScheduler is {self._state} and its "
+                "event loop is not running (declare jobs before start(), or await schedule_job)"
+            )
+        if running_loop() is not None:
+            raise SchedulerStateError(
+                f"cannot schedule {config.name!r} from another event loop with the decorator: "
+                "await scheduler.schedule_job(job) there instead"
+            )
+        # Another thread: run the write on the scheduler's loop and wait for it, so that a
+        # failure reaches the caller.
+        asyncio.run_coroutine_threadsafe(self._schedule_now(config), loop).result()
 
     def one_time(self, name: str, *, retries: int = 0) -> Callable[[F], F]:
         """Decorator: a plain function ``fn(ctx)`` (sync or async) as the handler of one-time jobs
@@ -291,8 +376,9 @@ class AsyncScheduler:
         """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
 
         With ``session`` (the application's ``AsyncSession``), the insert joins that session's
-        transaction: the job exists if and only if the caller commits. ``retries`` defaults to the
-        registered handler's. Nodes are woken by NOTIFY when the transaction commits.
+        transaction: the job exists if and only if the caller commits. ``retries`` left unsaid
+        (None) is resolved from the handler by the node that claims the job; an explicit value
+        wins. Nodes are woken by NOTIFY when the transaction commits.
         """
         spec = self._registry.one_time_spec(name, params, retries, run_at)
         if session is not None:
@@ -369,7 +455,7 @@ class AsyncScheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     async def trigger(self, key: str) -> JobRecord:
@@ -390,24 +476,30 @@ class AsyncScheduler:
             raise SchedulerStateError(
                 "this scheduler was shut down; create a new AsyncScheduler to start again"
             )
-        self._state = "starting"
+        with self._declare_lock:
+            self._state = "starting"
+        self._loop = asyncio.get_running_loop()
         try:
             await self._ensure_schema()
+            await self._write_declarations()
             await self.transaction(self.register_node)
-            while self._unscheduled:
-                await self.transaction(partial(schedule, config=self._unscheduled[0].config))
-                self._unscheduled.pop(0)
         except BaseException:
-            self._state = "new"
+            with self._declare_lock:
+                self._state = "new"
             raise
-        self._state = "running"
+        with self._declare_lock:
+            if self._declared:  # declared after the loop above ended: write them in the background
+                for config in self._declared:
+                    self.spawn(self._schedule_now(config), "schedule")
+                self._declared.clear()
+            self._state = "running"
         if self.config.listen:
             self.listener.start()
         self.heartbeat.start()
         self.maintenance.start()
         self.poller.start(immediately=self.config.run_immediately)
         self.log.info(
-            "node %s started (%d jobs registered)",
+            "node %s started; job names registered: %d",
             self.node_id,
             len(self._registry),
             extra={"event": "node.started", "node_id": self.node_id},
@@ -474,14 +566,14 @@ class AsyncScheduler:
         )
         if result is None:
             self.log.error(
-                "could not hand back %d jobs; their leases will expire and another node will "
+                "could not hand back the running jobs (%d); their leases will expire and another node will "
                 "rescue them",
                 len(leases),
                 extra={"event": "job.release_failed"},
             )
             return
         self.log.warning(
-            "shutdown timeout: handed back %d running jobs",
+            "shutdown timeout: running jobs handed back: %d",
             result.count,
             extra={"event": "job.released", "keys": list(result.pending + result.failed)},
         )
@@ -492,22 +584,66 @@ class AsyncScheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    async def run_pending(self, timeout: float = 10.0) -> int:
-        """Claim and run every job due now, then wait for them (outcomes written): a helper for
-        tests and scripts, as ``Scheduler.run_pending``. Returns the number of jobs run."""
-        if self._state != "running":
-            raise SchedulerStateError("start() the scheduler first")
-        total = 0
-        while True:
-            result = await self.poller.run_once()
-            total += result.claimed
-            tasks = set(self.workers.tasks.values())
-            if tasks:
-                _, still_running = await asyncio.wait(tasks, timeout=timeout)
-                if still_running:
-                    raise TimeoutError("jobs still running")
-            if result.claimed < result.free_slots or result.claimed == 0:
-                return total
+    async def run_pending(self) -> list[RunRecord]:
+        """Run what is due, here and now: for tests and scripts, on a scheduler never started.
+
+        As ``Scheduler.run_pending``: writes the recurring jobs declared so far, then claims due
+        jobs registered here one at a time and runs each, ``async def`` code in the calling
+        loop (synchronous code on a worker thread, as a started node runs it), until none is
+        due; writes each outcome and returns the run records of those attempts, in order. On a
+        started scheduler it raises ``SchedulerStateError``.
+        """
+        if self._state != "new":
+            raise SchedulerStateError(
+                f"run_pending() is for a scheduler that is not started (this one is "
+                f"{self._state}): a started node claims and runs due jobs by itself"
+            )
+        await self._ensure_schema()
+        await self._write_declarations()
+        ran: list[RunRecord] = []
+        try:
+            while True:
+                names, retries = self.claimable()
+                if not names:
+                    break
+                claimed = await self.transaction(
+                    partial(_claim_one, node_id=self.node_id, names=names, retries=retries),
+                    autocommit=True,
+                )
+                if not claimed:
+                    break
+                run = await self._run_here(claimed[0])
+                if run is not None:
+                    ran.append(run)
+        finally:
+            self.workers.stop()  # its threads, if synchronous code ran
+        return ran
+
+    async def _run_here(self, claimed: ClaimedJob) -> RunRecord | None:
+        """One attempt of ``run_pending``, in the calling loop; its outcome written."""
+        job = self.registered_job(claimed.name)
+        assert job is not None  # only registered names are claimed
+        running = RunningJob(claimed, job, new_context(claimed, self.node_id, self.log))
+        self.inflight.add(running)
+        try:
+            outcome = misfire_outcome(claimed)
+            if outcome is None:
+                started = time.monotonic()
+                error = await self.workers.execute(running)
+                duration_ms = int((time.monotonic() - started) * 1000)
+                outcome = attempt_outcome(running, error, duration_ms)
+            if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
+                await self.transaction(
+                    lambda repo: repo.release(
+                        self.node_id, [claimed.lease_id], reason=outcome.error
+                    )
+                )
+            else:
+                (result,) = await self.write_outcomes([(claimed, outcome)])
+                report_outcome(self.log, claimed, outcome, result)
+        finally:
+            self.inflight.remove(claimed.lease_id)
+        return await self.transaction(lambda repo: repo.run_of_lease(claimed.lease_id))
 
     def spawn(self, coro: Any, what: str = "task") -> None:
         """Run ``coro`` in the background; a failure is logged."""
@@ -557,6 +693,12 @@ class AsyncScheduler:
                     return None
                 self.database_error(what, exc, retry_in=delay)
                 await asyncio.sleep(delay)
+
+
+def _claim_one(
+    repo: JobRepository, *, node_id: str, names: list[str], retries: list[int]
+) -> list[ClaimedJob]:
+    return repo.claim(node_id, names, 1, retries=retries)
 
 
 def _url(engine: AsyncEngine) -> str:

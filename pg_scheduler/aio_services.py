@@ -1,8 +1,8 @@
 """``AsyncScheduler``'s background services: poller, heartbeat and maintenance as asyncio tasks.
 
 Each pass decides exactly what the threaded service decides, by calling the same functions
-(``poller.claim_due``, ``heartbeat.renew``/``settle``, ``maintenance.rescue``/``clean``) through
-``AsyncScheduler.transaction``, i.e. ``AsyncSession.run_sync`` on the shared ``JobRepository``.
+(``poller.claim_due``, ``heartbeat.renew``/``settle``, ``maintenance.rescue``/``sweep``/``clean``)
+through ``AsyncScheduler.transaction``, i.e. ``AsyncSession.run_sync`` on the shared ``JobRepository``.
 Only the waiting differs: ``asyncio.Event`` instead of ``threading.Event``.
 
 Stopping a service lets its current pass finish instead of cancelling it: a claim whose commit was
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .heartbeat import HeartbeatResult, renew, settle
-from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue
+from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue, sweep
 from .poller import PollResult, claim_due, failure_delay, sleep_after
 from .records import ClaimedJob
 
@@ -83,13 +83,15 @@ class AsyncPoller(_Service):
         """Claim as many due jobs as there are free slots and start them."""
         s = self.scheduler
         free = s.inflight.free_slots(s.config.max_concurrent_jobs)  # jobs still in their code
-        names = s.registered_names()
+        names, retries = s.claimable()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
         # Autocommit, as in the threaded poller: the claim commits as it returns, so its jobs
         # start at once (their tasks run when this one next yields), before the next-due look-up.
         claimed, wait = await s.transaction(
-            lambda repo: claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch),
+            lambda repo: claim_due(
+                repo, s.node_id, names, free, on_claimed=self._dispatch, retries=retries
+            ),
             autocommit=True,
         )
         return PollResult(len(claimed), free, wait)
@@ -195,16 +197,19 @@ class AsyncHeartbeat(_Service):
 
 
 class AsyncMaintenance(_Service):
-    """Stall rescue, cleanup of finished one-time jobs and the orphan sweep, on every node."""
+    """Stall rescue, the orphan sweep and cleanup of finished one-time jobs, on every node."""
 
     name = "maintenance"
 
     def __init__(self, scheduler: AsyncScheduler) -> None:
         super().__init__(scheduler)
         self._last_cleanup = float("-inf")
+        self.passes = 0
+        """Passes run so far (tests wait on it)."""
 
     async def run_once(self, *, cleanup: bool | None = None) -> MaintenanceResult:
-        """One pass. Cleanup and the orphan sweep run when their interval has passed (or when
+        """One pass: the stall rescue and the orphan sweep (both held back for a while after a
+        database error), and the cleanup of finished jobs when its interval has passed (or when
         ``cleanup`` says so)."""
         s = self.scheduler
         cfg = s.config
@@ -215,9 +220,11 @@ class AsyncMaintenance(_Service):
         rescued = failed = cleaned = orphans = 0
         if not skip_rescue:
             rescued, failed = await s.transaction(lambda repo: rescue(repo, cfg, s.log))
+            orphans = await s.transaction(lambda repo: sweep(repo, cfg, s.log))
         if cleanup:
-            cleaned, orphans = await s.transaction(lambda repo: clean(repo, cfg, s.log))
+            cleaned = await s.transaction(lambda repo: clean(repo, cfg, s.log))
             self._last_cleanup = now
+        self.passes += 1
         return MaintenanceResult(rescued, failed, cleaned, orphans, skip_rescue)
 
     def start(self) -> None:

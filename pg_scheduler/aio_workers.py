@@ -23,6 +23,7 @@ from .outcomes import AsyncOutcomeWriter
 from .records import ClaimedJob
 from .repository import Outcome
 from .scheduler import lease_lost
+from .states import RunStatus
 from .workers import (
     RunningJob,
     StopReason,
@@ -61,8 +62,13 @@ class AsyncWorkers:
         )
 
     def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.stop()
+        pool, self._pool = self._pool, None  # a later synchronous hook starts a new one
+        if pool is not None:
+            pool.stop()
+
+    async def execute(self, running: RunningJob) -> BaseException | None:
+        """One attempt's code, in the calling task's loop (``AsyncScheduler.run_pending``)."""
+        return await self._execute(running)
 
     async def _run(self, running: RunningJob) -> None:
         s, claimed = self.scheduler, running.claimed
@@ -172,14 +178,15 @@ class AsyncWorkers:
                 if future.done():
                     return future.result()
 
-    async def _finish(self, running: RunningJob, outcome: Outcome | None) -> None:
+    async def _finish(self, running: RunningJob, outcome: Outcome) -> None:
         s, claimed = self.scheduler, running.claimed
         if running.stop_reason is StopReason.LEASE_LOST:
             report_dropped(s.log, claimed.key)
             return
-        if outcome is None:
+        if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
             await s.retry_database(
-                "release", lambda repo: repo.release(s.node_id, [claimed.lease_id])
+                "release",
+                lambda repo: repo.release(s.node_id, [claimed.lease_id], reason=outcome.error),
             )
             return
         result = await self.outcomes.write(claimed, outcome)

@@ -27,13 +27,14 @@ from . import migrations
 from .errors import ConfigError, PgSchedulerError
 from .naming import Names
 
-CLI_EXTRA_HINT = "pip install 'pg-scheduler[cli]'"
+CLI_EXTRA_HINT = "pip install 'sqlalchemy-pg-scheduler[cli]'"
 CLI_REQUIREMENTS = ("click", "rich")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted"
 
 URL_ENV = "PG_SCHEDULER_DATABASE_URL"
 PREFIX_ENV = "PG_SCHEDULER_TABLE_PREFIX"
@@ -99,6 +100,18 @@ def describe(exc: BaseException) -> tuple[str, int]:
 def report(message: str) -> None:
     """Print an error as one line on stderr (plain text: a rich console would wrap it)."""
     print(f"pg-scheduler: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- words
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 tick``, ``2 ticks``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def article(word: str) -> str:
+    """``an Engine``, ``a str``: the word after the indefinite article it takes (by its first
+    letter, which is right for the type and job names it is used with)."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 # ---------------------------------------------------------------------------------------- URLs
@@ -210,11 +223,15 @@ class Database:
                 f"{self.upgrade_hint()}"
             )
         if installed != expected:
-            fix = (
-                self.upgrade_hint()
-                if known_revision(installed)
-                else "upgrade the pg-scheduler package (a newer version migrated this database)"
-            )
+            if not known_revision(installed):
+                fix = (
+                    "upgrade the sqlalchemy-pg-scheduler package (a newer version migrated this "
+                    "database)"
+                )
+            elif migrations.installed_as_branch(engine, names=self.names):
+                fix = migrations.BRANCH_UPGRADE_HINT
+            else:
+                fix = self.upgrade_hint()
             raise CliError(
                 f"pg_scheduler tables ({self.where}) are at revision {installed!r}, but this "
                 f"pg-scheduler needs {expected!r}: {fix}"

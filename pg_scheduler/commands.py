@@ -28,6 +28,7 @@ from .cli import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    INTERRUPTED,
     PREFIX_ENV,
     SCHEMA_ENV,
     TRACEBACK_ENV,
@@ -52,6 +53,23 @@ from .worker import configure_logging, serve, stop_signals
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+GLOBAL_FLAGS = ("--traceback", "--version")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """``argv`` with the root's flags moved in front, so that ``jobs list --traceback`` means
+    ``--traceback jobs list`` (click only takes a group's options before its subcommand).
+    Nothing after a ``--`` moves: that is an argument, whatever it looks like."""
+    options = before_separator(argv)
+    flags = [arg for arg in options if arg in GLOBAL_FLAGS]
+    rest = [arg for arg in options if arg not in GLOBAL_FLAGS]
+    return [*flags, *rest, *argv[len(options) :]]
+
+
+def before_separator(argv: list[str]) -> list[str]:
+    return argv[: argv.index("--")] if "--" in argv else argv
+
+
 class RootGroup(click.Group):
     """The root group: turns every failure into one line on stderr and an exit code."""
 
@@ -63,13 +81,13 @@ class RootGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> int:
-        argv = list(args) if args is not None else sys.argv[1:]
+        argv = hoist_global_flags(list(args) if args is not None else sys.argv[1:])
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
         except click.Abort as exc:
             interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
-            report("interrupted" if interrupted else "aborted")
+            report(INTERRUPTED if interrupted else "aborted")
             code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURE
         except click.exceptions.Exit as exc:
             code = exc.exit_code
@@ -78,7 +96,7 @@ class RootGroup(click.Group):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
             code = EXIT_FAILURE
         except Exception as exc:
-            if "--traceback" in argv or os.environ.get(TRACEBACK_ENV):
+            if "--traceback" in before_separator(argv) or os.environ.get(TRACEBACK_ENV):
                 raise
             message, code = describe(exc)
             report(message)
@@ -144,7 +162,9 @@ def database_options(f: F) -> F:
     is_flag=True,
     help=f"Show the traceback of an unexpected error [env: {TRACEBACK_ENV}=1].",
 )
-@click.version_option(package_name="pg-scheduler")
+@click.version_option(
+    package_name="sqlalchemy-pg-scheduler", message="%(prog)s (%(package)s) %(version)s"
+)
 def cli(traceback: bool) -> None:
     """pg_scheduler: PostgreSQL-backed cron and one-time jobs for SQLAlchemy applications.
 
@@ -549,5 +569,7 @@ def demo(duration: float | None, data_dir: Path, url: str | None, nodes: int) ->
                 stop=stop,
             )
         except EmbeddedPostgresError as exc:
+            if stop.is_set():  # Ctrl-C reached initdb/pg_ctl too: that is why it failed
+                raise CliError(INTERRUPTED, EXIT_INTERRUPTED) from exc
             raise CliError(f"{first_line(exc)}, or pass --url to use your own PostgreSQL") from exc
     click.get_current_context().exit(code)

@@ -27,6 +27,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = dt.timedelta(seconds=30)
 DEFAULT_CLEANUP_INTERVAL = dt.timedelta(hours=1)
 DEFAULT_FINISHED_JOB_RETENTION = dt.timedelta(days=7)
 DEFAULT_STATEMENT_TIMEOUT = dt.timedelta(seconds=30)
+DEFAULT_MAX_LOST_LEASES = 3
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ class SchedulerConfig:
     black-holed network or a hung pooler cannot hang a node. ``None`` disables both; set the
     driver's ``connect_timeout`` (and keepalives) on the engine to bound connecting too."""
 
+    max_lost_leases: int = DEFAULT_MAX_LOST_LEASES
+    """How many runs of one job may lose their lease in a row (the node died or hung) before the
+    job is given up: the run that reaches it ends a one-time job ``failed`` (a recurring job waits
+    for its next tick), ``last_error`` saying its runs were lost. A lost run is not a failure and
+    uses up no attempt; this bounds a job that takes its node down on every run. Applied by the
+    node that rescues the job."""
+
     def __post_init__(self) -> None:
         engine = self.engine
         dialect = getattr(engine, "dialect", None)
@@ -156,6 +164,14 @@ class SchedulerConfig:
         ):
             raise ConfigError(
                 f"max_concurrent_jobs must be an integer, got {self.max_concurrent_jobs!r}"
+            )
+        if (
+            isinstance(self.max_lost_leases, bool)
+            or not isinstance(self.max_lost_leases, int)
+            or self.max_lost_leases < 1
+        ):
+            raise ConfigError(
+                f"max_lost_leases must be an integer of at least 1, got {self.max_lost_leases!r}"
             )
         if self.max_concurrent_jobs < 1:
             raise ConfigError(

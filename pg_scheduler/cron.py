@@ -11,6 +11,11 @@ Syntax
     numbers, ``*``, ranges ``a-b``, lists ``a,b``, steps ``*/n`` ``a-b/n`` ``a/n``, month and
     weekday names (``JAN``, ``MON``), ``?`` in the day fields, and croniter's ``L``, ``W`` and
     ``#``. When both day fields are restricted, a day matches if either matches (Vixie cron).
+    Seconds-last trap: croniter, APScheduler and most peers put six fields' seconds *last*, so a
+    six-field expression that repeats within a minute (its seconds field is ``*`` or a step)
+    and restricts the day of the week with numbers (``* * * * * */5``: seconds first, every
+    second on Sundays and Fridays; seconds last, every 5 seconds) is refused, with both
+    readings and how to write each. Name the weekdays (``* * * * * SUN,FRI``) to mean them.
     Rejected, with the reason in the ``InvalidCronError``: seven fields (years), ``@every``,
     ``@reboot``, hashed ``H`` and random ``R`` values (nodes would disagree on the ticks),
     out-of-range values, ``*/0``, and expressions that never fire (``0 0 31 2 *``).
@@ -379,7 +384,12 @@ def _compile(expression: str, timezone_name: str) -> _Compiled:
             cron, second_at_beginning=has_seconds
         )[0]
     except (CroniterError, ValueError, TypeError) as exc:
-        raise InvalidCronError(expression, _explain(fields, exc)) from None
+        reason = _explain(fields, exc)
+        if has_seconds and reason.startswith("day-of-week field"):
+            reason += _seconds_last_hint(fields)
+        raise InvalidCronError(expression, reason) from None
+    if has_seconds and _looks_seconds_last(fields):
+        raise InvalidCronError(expression, _seconds_last_reason(fields, expanded[4]))
     compiled = _Compiled(
         expression=expression,
         cron=cron,
@@ -428,6 +438,64 @@ def _split_fields(expression: str) -> list[str]:
             reason = f"{name} field {text!r}: unexpected character {bad!r}"
             raise InvalidCronError(expression, reason)
     return fields
+
+
+_WEEKDAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+
+
+def _looks_seconds_last(fields: list[str]) -> bool:
+    """Six fields that repeat within a minute on numbered weekdays: almost surely seconds last.
+
+    Seconds first, ``* * * * * */5`` fires every second on Sundays and Fridays; nobody means
+    that, while seconds last it is the everyday "every 5 seconds". Weekdays given by name are
+    taken as meant (seconds are never names), which is how the refused reading is still written.
+    """
+    second, weekday = fields[0], fields[5]
+    repeats_within_a_minute = second == "*" or "/" in second
+    numbered = any(char.isdigit() for char in weekday)
+    return repeats_within_a_minute and numbered and _seconds_last_reading(fields) is not None
+
+
+def _seconds_last_reading(fields: list[str]) -> str | None:
+    """The expression that means, seconds first, what ``fields`` mean seconds last; None if the
+    seconds-last reading is not a valid expression either."""
+    rotated = " ".join([fields[5], *fields[:5]])
+    try:
+        croniter.expand(rotated, second_at_beginning=True)
+    except (CroniterError, ValueError, TypeError):
+        return None
+    return rotated
+
+
+def _seconds_last_hint(fields: list[str]) -> str:
+    rotated = _seconds_last_reading(fields)
+    if rotated is None:
+        return ""
+    return (
+        f"; six fields put the seconds FIRST here (second minute hour day month weekday). "
+        f"If you meant seconds last (croniter, APScheduler), write {rotated!r}"
+    )
+
+
+def _seconds_last_reason(fields: list[str], weekdays: Sequence[object]) -> str:
+    second, weekday = fields[0], fields[5]
+    days = sorted({day % 7 for day in weekdays if isinstance(day, int)})
+    named = ",".join(_WEEKDAY_NAMES[day] for day in days)
+    first = (
+        f"read seconds first, as pg_scheduler reads six fields, it fires on second {second!r} "
+        f"of every matching minute, only on weekday {weekday!r}"
+        + (f" ({named})" if named and "#" not in weekday and "L" not in weekday.upper() else "")
+    )
+    rotated = _seconds_last_reading(fields)
+    last = f"read seconds last (croniter, APScheduler), its seconds are {weekday!r}"
+    advice = []
+    if rotated is not None:
+        advice.append(f"for the seconds-last meaning write {rotated!r}")
+    if named and len(days) == len(weekdays) and "#" not in weekday:
+        advice.append(f"if you mean those weekdays, name them: {' '.join([*fields[:5], named])!r}")
+    return "ambiguous six-field expression, probably seconds last: " + "; ".join(
+        [first, last, *advice]
+    )
 
 
 def _alias_fields(expression: str) -> list[str]:

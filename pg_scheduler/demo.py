@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from . import embedded, migrations
+from .cli import plural
 from .config import RetryBackoff, SchedulerConfig
 from .jobs import JobContext
 from .models import Models, build_models
@@ -38,7 +40,7 @@ from .naming import Names
 from .records import JobRecord, NodeRecord, RunRecord
 from .scheduler import Scheduler
 from .states import TERMINAL_STATUSES, JobStatus, RunStatus
-from .views import jobs_table, nodes_table, runs_table, status_text
+from .views import jobs_table, nodes_table, runs_table, status_text, when
 
 NAMES = Names(prefix="demo_")
 TICK = "tick"
@@ -57,16 +59,19 @@ _SECOND = dt.timedelta(seconds=1)
 def tick(ctx: JobContext) -> None:
     """The per-second recurring job: a little work, so runs have a visible duration."""
     ctx.cancelled.wait(0.05)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def send_email(ctx: JobContext) -> None:
     ctx.logger.info("sending %r to %s", ctx.params["subject"], ctx.params["to"])
     ctx.cancelled.wait(0.3)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def resize_image(ctx: JobContext) -> None:
     ctx.logger.info("resizing image %s to %spx", ctx.params["image_id"], ctx.params["width"])
     ctx.cancelled.wait(0.6)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def flaky_import(ctx: JobContext) -> None:
@@ -76,6 +81,7 @@ def flaky_import(ctx: JobContext) -> None:
             f"{ctx.params['source']}: connection reset (attempt {ctx.attempt}, will be retried)"
         )
     ctx.cancelled.wait(0.2)
+    ctx.raise_if_cancelled()  # stopped early: handed back (or cancelled), not completed
 
 
 def node(url: str) -> Scheduler:
@@ -367,9 +373,11 @@ class Summary:
         word = "OK" if self.ok else "FAILED"
         note = " (interrupted)" if self.interrupted else ""
         return (
-            f"demo {word}{note}: {self.ticks} ticks run, {self.duplicates} duplicate ticks, "
-            f"{self.overlapping} overlapping runs, {self.jobs_ok}/{len(self.outcomes)} one-time "
-            f"jobs as expected, {self.nodes_ok}/{len(self.node_exit_codes)} nodes stopped cleanly"
+            f"demo {word}{note}: {plural(self.ticks, 'tick')} run, "
+            f"{plural(self.duplicates, 'duplicate tick')}, "
+            f"{plural(self.overlapping, 'overlapping run')}, {self.jobs_ok}/{len(self.outcomes)} "
+            f"one-time jobs as expected, {self.nodes_ok}/{len(self.node_exit_codes)} nodes "
+            "stopped cleanly"
         )
 
 
@@ -417,7 +425,8 @@ def print_summary(console: Console, summary: Summary) -> None:
     facts.add_row("ticks run", f"{summary.ticks} (recurring job {TICK!r}, '* * * * * *')")
     for node_id, count, first, last in summary.ticks_by_node:
         facts.add_row(
-            "  by node", f"{node_id}: {count} ticks, {first:%H:%M:%S} to {last:%H:%M:%S} UTC"
+            "  by node",
+            f"{node_id}: {plural(count, 'tick')}, {first:%H:%M:%S} to {last:%H:%M:%S} UTC",
         )
     facts.add_row("ticks run twice", str(summary.duplicates))
     facts.add_row("runs of one job at once", str(summary.overlapping))
@@ -446,6 +455,62 @@ def live_view(snap: Snapshot, elapsed: float, duration: float | None, wide: bool
     )
 
 
+# Below this terminal size (columns, lines) the live view is the compact one: it fits 80x24.
+COMPACT_BELOW = (120, 40)
+
+
+def short_key(key: str) -> str:
+    """``send_email#…bd73`` for a one-time job's key (name and the key's last 4 characters)."""
+    name, sep, rest = key.partition("#")
+    return f"{name}#…{rest[-4:]}" if sep else key
+
+
+def compact_view(snap: Snapshot, elapsed: float, duration: float | None, height: int) -> Group:
+    """The live view for a small terminal: each line under 80 columns, each table cut to fit
+    ``height`` lines (the jobs first, then as many recent runs as there is room for)."""
+    total = f"/{duration:.0f}s" if duration else "s (Ctrl-C stops)"
+    header = Text.assemble(
+        ("pg-scheduler demo", "bold"),
+        f"  {elapsed:.0f}{total}  ticks {snap.ticks}  ",
+        (f"twice {snap.duplicates}", "green" if snap.duplicates == 0 else "bold red"),
+        f"  nodes {snap.live_nodes()} live",
+    )
+    jobs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("job", "status", "attempt", "next run"):
+        jobs.add_column(column, no_wrap=True)
+    # Lines: header 1, two tables with a title, a column header and a rule each (3 + 3), and
+    # the caption 1; what is left goes to rows, jobs first.
+    room = max(height - 8, 4)
+    shown_jobs = snap.jobs[: max(room - 3, 1)]
+    for job in shown_jobs:
+        tries = "" if job.max_retries is None else f"/{job.max_retries + 1}"
+        jobs.add_row(
+            short_key(job.key),
+            status_text(job.status),
+            f"{job.attempt}{tries}",
+            when(job.next_run, date=False),
+        )
+    runs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("job", "tick", "node", "status", "ms"):
+        runs.add_column(column, no_wrap=True)
+    for run in snap.runs[: max(room - len(shown_jobs), 1)]:
+        runs.add_row(
+            short_key(run.job_key),
+            when(run.scheduled_at, date=False),
+            run.node_id.split(":")[0],  # host:pid:random; the name tells the nodes apart
+            status_text(run.status),
+            "" if run.duration_ms is None else str(run.duration_ms),
+        )
+    return Group(
+        header,
+        Text("jobs", style="bold"),
+        jobs,
+        Text("recent runs", style="bold"),
+        runs,
+        Text("times in UTC; a wider terminal shows more", style="dim"),
+    )
+
+
 def progress_line(snap: Snapshot, elapsed: float, keys: dict[int, str]) -> str:
     done = len(keys) - snap.unfinished(list(keys.values()))
     return (
@@ -471,6 +536,9 @@ def run(
     if url is None:
         with console.status("starting the embedded PostgreSQL…"):
             server = embedded.start(data_dir)
+        if stop.is_set():  # Ctrl-C while it started: stop here, as the command line asked
+            server.stop()
+            raise KeyboardInterrupt
         url = server.url
         console.print(f"PostgreSQL: embedded, data in {data_dir} (kept for the next run)")
     else:
@@ -503,7 +571,7 @@ class Demo:
 
     def run(self) -> int:
         self.console.print(
-            f"starting {self.node_count} nodes (logs: {self.data_dir}/demo-node-N.log)"
+            f"starting {plural(self.node_count, 'node')} (logs: {self.data_dir}/demo-node-N.log)"
         )
         nodes = start_nodes(self.url, self.node_count, self.data_dir)
         failure: str | None = None
@@ -556,7 +624,11 @@ class Demo:
                 self.enqueue_due(elapsed)
                 snap = self.reader.snapshot()
                 if live is not None:
-                    view = live_view(snap, elapsed, self.duration, console.width >= 150)
+                    view = (
+                        live_view(snap, elapsed, self.duration, console.width >= 150)
+                        if console.width >= COMPACT_BELOW[0] and console.height >= COMPACT_BELOW[1]
+                        else compact_view(snap, elapsed, self.duration, console.height)
+                    )
                     live.update(view, refresh=True)
                 elif elapsed - last_line >= 2.0:  # CI logs: a plain line now and then
                     console.print(progress_line(snap, elapsed, self.keys), soft_wrap=True)

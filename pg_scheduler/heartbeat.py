@@ -165,7 +165,7 @@ def settle(
         )
     for r in running:
         if r.lease_id in requested:
-            r.stop(StopReason.CANCEL_REQUESTED)
+            r.stop(StopReason.CANCEL_JOB)
     return HeartbeatResult(
         len(held), tuple(r.lease_id for r in lost), tuple(sorted(requested, key=str))
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
 import functools
 import inspect
 import logging
@@ -113,12 +114,41 @@ class JobConfig:
         return self.schedule.timezone if self.schedule else "UTC"
 
 
+class CancelReason(str, enum.Enum):
+    """Why a run was asked to stop (``JobContext.cancel_reason``). It decides the run's outcome
+    (README "Outcomes"): after ``CANCEL_JOB`` the run ends ``cancelled`` whatever its code does;
+    after ``SHUTDOWN`` or ``LEASE_LOST``, code that raises the cancellation
+    (``ctx.raise_if_cancelled()``, or ``asyncio.CancelledError``) hands the run back to
+    ``pending``, runnable at once, without using up an attempt."""
+
+    SHUTDOWN = "shutdown"
+    """Its node is shutting down."""
+    LEASE_LOST = "lease_lost"
+    """Its node lost the job's lease (another node has taken it back); nothing this run does
+    will be recorded."""
+    CANCEL_JOB = "cancel_job"
+    """An operator called ``cancel_job`` (``pg-scheduler jobs cancel``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class _Cancellation:
+    """The mutable part of a frozen ``JobContext``: why the run was asked to stop."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: CancelReason | None = None
+
+
 @dataclass(frozen=True)
 class JobContext:
     """What a running job knows about its run.
 
     ``job_key``, ``attempt`` and ``scheduled_at`` identify the run: use them as idempotency keys,
-    since a job may run again after a crash (execution is at-least-once).
+    since a job may run again after a crash (execution is at-least-once). A run that was handed
+    back (shutdown, lost lease) runs again with the same ``attempt``.
     """
 
     params: Any
@@ -130,19 +160,49 @@ class JobContext:
     logger: logging.Logger | logging.LoggerAdapter[Any]
     max_retries: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    """Set when the run should stop: shutdown, a lost lease, or ``cancel_job``."""
+    """Set when the run should stop: shutdown, a lost lease, or ``cancel_job``
+    (``cancel_reason`` says which)."""
+    _cancellation: _Cancellation = field(default_factory=_Cancellation, repr=False, compare=False)
+
+    @property
+    def cancel_reason(self) -> CancelReason | None:
+        """Why the run was asked to stop, or None while it was not."""
+        return self._cancellation.reason
 
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()
 
     def raise_if_cancelled(self) -> None:
-        """Raise ``JobCancelled`` if the run was asked to stop."""
+        """Raise ``JobCancelled`` if the run was asked to stop. Letting it propagate is how a job
+        stops early: the run is handed back (shutdown, lost lease) or ends ``cancelled``
+        (``cancel_job``); returning instead would record it ``completed``."""
         if self.cancelled.is_set():
-            raise JobCancelled(self.job_key)
+            raise JobCancelled(self.job_key, self.cancel_reason)
+
+    def _cancel(self, reason: CancelReason, *, override: bool = False) -> bool:
+        """Ask the run to stop (the scheduler calls this). The first reason is kept unless
+        ``override``; returns whether this was the first request."""
+        first = self._cancellation.reason is None
+        if first or override:
+            self._cancellation.reason = reason
+        self.cancelled.set()
+        return first
 
 
 class JobCancelled(Exception):
-    """Raised by ``JobContext.raise_if_cancelled`` when the run was asked to stop."""
+    """Raised by ``JobContext.raise_if_cancelled`` when the run was asked to stop; ``reason``
+    says why (a ``CancelReason``)."""
+
+    def __init__(self, job_key: str, reason: CancelReason | None = None) -> None:
+        super().__init__(job_key if reason is None else f"{job_key} ({reason.value})")
+        self.job_key = job_key
+        self.reason = reason
+
+
+def is_cancellation(exc: BaseException | None) -> bool:
+    """Whether job code ended by raising the cancellation (``JobCancelled`` or
+    ``asyncio.CancelledError``)."""
+    return isinstance(exc, JobCancelled | asyncio.CancelledError)
 
 
 Hook = Callable[[JobContext], Any]

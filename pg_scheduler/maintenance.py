@@ -1,4 +1,4 @@
-"""Maintenance, on every node: stall rescue, cleanup of finished one-time jobs, the orphan sweep.
+"""Maintenance, on every node: stall rescue, the orphan sweep, cleanup of finished one-time jobs.
 
 Each is one guarded statement, so any number of nodes may run them at once. The first pass comes
 soon after start (the original waited a full timeout period: 14 days for the orphan sweep).
@@ -36,9 +36,12 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup = float("-inf")
+        self.passes = 0
+        """Passes run so far (tests wait on it)."""
 
     def run_once(self, *, cleanup: bool | None = None) -> MaintenanceResult:
-        """One pass. Cleanup and the orphan sweep run when their interval has passed (or when
+        """One pass: the stall rescue and the orphan sweep (both held back for a while after a
+        database error), and the cleanup of finished jobs when its interval has passed (or when
         ``cleanup`` says so)."""
         s = self.scheduler
         cfg = s.config
@@ -50,10 +53,13 @@ class Maintenance:
         if not skip_rescue:
             with s.transaction() as repo:
                 rescued, failed = rescue(repo, cfg, s.log)
+            with s.transaction() as repo:
+                orphans = sweep(repo, cfg, s.log)
         if cleanup:
             with s.transaction() as repo:
-                cleaned, orphans = clean(repo, cfg, s.log)
+                cleaned = clean(repo, cfg, s.log)
             self._last_cleanup = now
+        self.passes += 1
         return MaintenanceResult(rescued, failed, cleaned, orphans, skip_rescue)
 
     def start(self) -> None:
@@ -92,15 +98,17 @@ def plan(
     since_database_error: float,
     cleanup: bool | None = None,
 ) -> tuple[bool, bool]:
-    """What one pass does: (run cleanup and the orphan sweep, hold back the stall rescue).
-    Cleanup runs when its interval has passed, unless ``cleanup`` says otherwise."""
+    """What one pass does: (run the cleanup of finished jobs, hold back the stall rescue and the
+    orphan sweep). Cleanup runs when its interval has passed, unless ``cleanup`` says otherwise;
+    the rescue and the sweep run on every pass that is not held back."""
     if cleanup is None:
         cleanup = since_cleanup >= cfg.failed_and_completed_one_time_job_interval.total_seconds()
     # After this node could not reach the database, every node's heartbeats were probably
     # failing too: a lease's age then counts time in which its holder could not renew it.
     # Give every holder a whole lease period of working database before judging anyone
     # stalled (two heartbeat intervals were not enough: a holder reconnecting on a busy
-    # machine was rescued, and its job re-run, after a plain server restart).
+    # machine was rescued, and its job re-run, after a plain server restart). The orphan sweep
+    # waits as well: the nodes' registrations (their last_seen_at) could not be renewed either.
     skip_rescue = since_database_error < cfg.no_heartbeat_timeout.total_seconds()
     return cleanup, skip_rescue
 
@@ -109,18 +117,20 @@ def rescue(
     repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
 ) -> tuple[int, int]:
     """Take back stalled leases; returns (handed back to pending, marked failed)."""
-    taken = repo.rescue_stalled(cfg.no_heartbeat_timeout)
+    taken = repo.rescue_stalled(cfg.no_heartbeat_timeout, max_lost_leases=cfg.max_lost_leases)
     for key in taken.pending:
         log.warning(
-            "job %r stalled (no heartbeat for %s); handed back to pending",
+            "job %r stalled (no heartbeat for %s); handed back to pending (no attempt used up)",
             key,
             cfg.no_heartbeat_timeout,
             extra={"event": "job.rescued", "job_key": key},
         )
     for key in taken.failed:
         log.error(
-            "job %r stalled on its last attempt; marked failed",
+            "job %r stalled: its runs lost their lease %d times in a row (node died or hung); "
+            "marked failed, not retried",
             key,
+            cfg.max_lost_leases,
             extra={"event": "job.failed", "job_key": key},
         )
     return len(taken.pending), len(taken.failed)
@@ -128,15 +138,30 @@ def rescue(
 
 def clean(
     repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
-) -> tuple[int, int]:
-    """Delete finished one-time jobs past retention and orphaned jobs; returns both counts."""
+) -> int:
+    """Delete finished one-time jobs (and run history) past retention; returns how many jobs."""
     cleaned = repo.cleanup_finished(cfg.finished_job_retention)
-    orphans = len(repo.delete_orphans(cfg.orphaned_job_timeout))
-    if cleaned or orphans:
+    if cleaned:
         log.info(
-            "maintenance deleted %d finished and %d orphaned jobs",
+            "maintenance deleted %d finished jobs",
             cleaned,
-            orphans,
-            extra={"event": "maintenance.cleaned", "cleaned": cleaned, "orphans": orphans},
+            extra={"event": "maintenance.cleaned", "cleaned": cleaned, "orphans": 0},
         )
-    return cleaned, orphans
+    return cleaned
+
+
+def sweep(
+    repo: JobRepository, cfg: SchedulerConfig, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> int:
+    """Delete orphaned jobs (no node registered their name within ``orphaned_job_timeout``, and
+    older than that); runs on every pass, so an orphan goes within that timeout plus one pass."""
+    keys = repo.delete_orphans(cfg.orphaned_job_timeout)
+    if keys:
+        log.info(
+            "maintenance deleted %d orphaned jobs (no node registered their names for %s): %s",
+            len(keys),
+            cfg.orphaned_job_timeout,
+            ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""),
+            extra={"event": "maintenance.orphans", "cleaned": 0, "orphans": len(keys)},
+        )
+    return len(keys)

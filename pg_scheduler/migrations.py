@@ -47,11 +47,13 @@ Bind = sa.Engine | sa.Connection
 
 
 def script_location() -> str:
-    """Where the revisions are: inside the installed wheel, or the checkout's ``alembic/``."""
-    packaged = Path(__file__).resolve().parent / "_alembic"
+    """Where the Alembic environment and the revisions are: ``pg_scheduler/_alembic`` in the wheel,
+    and in a checkout the same name, a symlink to the top-level ``alembic/`` (so that
+    ``pg_scheduler:_alembic/versions`` names them in an editable install too)."""
+    packaged = Path(__file__).parent / "_alembic"
     if packaged.is_dir():
         return str(packaged)
-    # Editable installs put the repository on sys.path without copying alembic/ into the package.
+    # A checkout whose symlinks were not kept (core.symlinks off): the top-level folder itself.
     return str(Path(__file__).resolve().parent.parent / "alembic")
 
 
@@ -321,6 +323,20 @@ def current(
     return installed
 
 
+def installed_as_branch(bind: Bind, *, names: Names) -> bool:
+    """Whether the tables of ``names`` were installed by pattern B: as the ``pg_scheduler`` branch
+    of the application's own Alembic history, upgraded by its ``alembic upgrade heads``."""
+    with _connection(bind) as conn:
+        _, branch = _installed(conn, names)
+    return branch
+
+
+BRANCH_UPGRADE_HINT = (
+    "run `alembic upgrade heads` in the application's Alembic project (pg_scheduler is installed "
+    "there, as the 'pg_scheduler' branch of its history)"
+)
+
+
 def head() -> str:
     """The newest revision this version of pg_scheduler ships."""
     scripts = ScriptDirectory.from_config(make_config(Names()))
@@ -376,13 +392,26 @@ def not_installed(names: Names) -> SchemaNotInstalledError:
 
 
 def check_schema(bind: Bind, names: Names) -> None:
-    """Raise unless the tables for ``names`` are installed at this library's head revision."""
-    installed = current(bind, names=names)
+    """Raise unless the tables for ``names`` are installed at this library's head revision.
+
+    The error names the command for how they were installed: pattern A (our own version table)
+    upgrades with ``pg-scheduler db upgrade``; pattern B (our revisions a branch of the host's
+    Alembic history) with the host's own ``alembic upgrade heads``.
+    """
+    with _connection(bind) as conn:
+        installed, branch = _installed(conn, names)
     expected = head()
     where = names.qualified(names.jobs_table)
-    fix = how_to_install(names)
     if installed is None:
         raise not_installed(names)
+    if branch:
+        fix = (
+            "they are installed as the 'pg_scheduler' branch of the application's own Alembic "
+            f"history (its {HOST_VERSION_TABLE} table): run `alembic upgrade heads` in the "
+            "application's Alembic project"
+        )
+    else:
+        fix = how_to_install(names)
     if installed != expected:
         raise SchemaVersionMismatchError(
             f"pg_scheduler schema {where} is at revision {installed!r} but this version of "

@@ -62,14 +62,16 @@ class Poller:
         # A job whose code has ended no longer takes a slot while its outcome is being written:
         # the next claim overlaps that write instead of waiting for it.
         free = s.inflight.free_slots(s.config.max_concurrent_jobs)
-        names = s.registered_names()
+        names, retries = s.claimable()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
         # Autocommit: the claim is one atomic statement and the next-due look-up only reads, so
         # BEGIN and COMMIT would be two more round trips on every pass. The claim is committed
         # when it returns, so its jobs start at once: before the look-up, and even if it fails.
         with s.autocommit(s.claim_connection) as repo:
-            claimed, wait = claim_due(repo, s.node_id, names, free, on_claimed=self._dispatch)
+            claimed, wait = claim_due(
+                repo, s.node_id, names, free, on_claimed=self._dispatch, retries=retries
+            )
         return PollResult(len(claimed), free, wait)
 
     def _dispatch(self, claimed: list[ClaimedJob]) -> None:
@@ -148,11 +150,13 @@ def claim_due(
     free: int,
     *,
     on_claimed: Callable[[list[ClaimedJob]], None] | None = None,
+    retries: Sequence[int] | None = None,
 ) -> tuple[list[ClaimedJob], float | None]:
     """Claim up to ``free`` due jobs; when fewer were due, also learn how many seconds until the
     next one falls due (None: none known), to sleep exactly that long. ``on_claimed`` gets the
-    claimed jobs between the two statements."""
-    claimed = repo.claim(node_id, names, free)
+    claimed jobs between the two statements. ``retries``: the handlers' (see
+    ``JobRepository.claim``)."""
+    claimed = repo.claim(node_id, names, free, retries=retries)
     if claimed and on_claimed is not None:
         on_claimed(claimed)
     wait: float | None = None

@@ -34,7 +34,9 @@ class JobRecord:
     next_run: dt.datetime | None
     scheduled_at: dt.datetime | None
     attempt: int
-    max_retries: int
+    max_retries: int | None
+    """Retries allowed (``retries=N``: N + 1 attempts). None: the enqueue left them to the
+    handler, and no node has claimed the job yet; the first claim stores its handler's."""
     lease_id: uuid.UUID | None
     node_id: str | None
     heartbeat_at: dt.datetime | None
@@ -48,6 +50,9 @@ class JobRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     finished_at: dt.datetime | None
+    lost_leases: int
+    """Runs of the current run request (one-time) or tick (recurring) lost in a row: their node
+    died or hung. Not attempts; bounded by ``SchedulerConfig.max_lost_leases``."""
 
     @classmethod
     def from_row(cls, row: sa.RowMapping) -> JobRecord:
@@ -72,7 +77,10 @@ class JobRecord:
         return self.job_type is JobType.RECURRING
 
     @property
-    def attempts_left(self) -> int:
+    def attempts_left(self) -> int | None:
+        """None while ``max_retries`` is the handler's (not known before the first claim)."""
+        if self.max_retries is None:
+            return None
         return max(0, self.max_retries + 1 - self.attempt)
 
 

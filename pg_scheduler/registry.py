@@ -1,19 +1,27 @@
 """The jobs a node can run, by name, and how a ``JobConfig`` becomes rows.
 
-Shared by ``Scheduler`` and ``AsyncScheduler``: the rules for registering a name twice, the default
-retries of an enqueue, and which repository call schedules a job live here once.
+Shared by ``Scheduler`` and ``AsyncScheduler``: the rules for registering a name twice, what a
+node's claims resolve from its handlers, and which repository call schedules a job live here once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import DuplicateJobError
 from .jobs import FunctionJob, Job, JobConfig
 from .repository import JobRepository, OneTimeSpec, RecurringSpec
 from .states import JobType
+
+
+class Claimable(NamedTuple):
+    """The job names a node claims, and for each (same order) its handler's ``retries``: what a
+    claim stores in a job whose enqueue left them unsaid (``max_retries`` NULL)."""
+
+    names: list[str]
+    retries: list[int]
 
 
 class JobRegistry:
@@ -22,6 +30,7 @@ class JobRegistry:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._claimable = Claimable([], [])  # rebuilt at each registration, read at each poll
 
     def add(self, job: Job) -> Job:
         """Register ``job``; returns the registered instance.
@@ -35,6 +44,10 @@ class JobRegistry:
             existing = self._jobs.get(job.name)
             if existing is None:
                 self._jobs[job.name] = job
+                jobs = list(self._jobs.values())
+                self._claimable = Claimable(
+                    [j.name for j in jobs], [j.config.retries for j in jobs]
+                )
                 return job
         if type(existing) is not type(job) or (
             isinstance(job, FunctionJob)
@@ -52,6 +65,10 @@ class JobRegistry:
         with self._lock:
             return list(self._jobs)
 
+    def claimable(self) -> Claimable:
+        """The names this node claims and their handlers' retries (one snapshot)."""
+        return self._claimable
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)
@@ -59,10 +76,9 @@ class JobRegistry:
     def one_time_spec(
         self, name: str, params: Any, retries: int | None, run_at: dt.datetime | None
     ) -> OneTimeSpec:
-        """What an enqueue of ``name`` inserts; ``retries`` defaults to the registered handler's."""
-        if retries is None:
-            handler = self.get(name)
-            retries = handler.config.retries if handler is not None else 0
+        """What an enqueue of ``name`` inserts. ``retries`` left unsaid (None) is stored as NULL
+        and resolved from the handler by the node that claims the job (``Claimable``), even when
+        this process has the handler too: one rule, whichever process enqueues."""
         return OneTimeSpec(name, params, retries, run_at)
 
 

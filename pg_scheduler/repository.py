@@ -24,9 +24,10 @@ import sqlalchemy as sa
 import uuid_utils
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import Grouping
 
 from . import direct, states
-from .config import RetryBackoff
+from .config import DEFAULT_MAX_LOST_LEASES, RetryBackoff
 from .cron import CronSchedule, MisfirePolicy, next_run_after
 from .errors import (
     ConfigError,
@@ -86,11 +87,12 @@ class RecurringSpec:
 
 @dataclass(frozen=True)
 class OneTimeSpec:
-    """One run request of a one-time job."""
+    """One run request of a one-time job. ``retries`` None: the handler's, resolved by the node
+    that claims the job (stored as NULL until then)."""
 
     name: str
     params: Any = None
-    retries: int = 0
+    retries: int | None = None
     run_at: dt.datetime | None = None
 
 
@@ -108,8 +110,11 @@ class Outcome:
         return cls(RunStatus.FAILED, duration_ms, describe_error(exc, text))
 
 
-def _check_retries(retries: object) -> None:
+def _check_retries(retries: object, *, unsaid: bool = False) -> None:
     # Refused here, not by the CHECK constraint: a database error would not say which value.
+    # ``unsaid``: None is allowed (a one-time job's retries, left to its handler).
+    if unsaid and retries is None:
+        return
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
 
@@ -162,6 +167,13 @@ def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
     """Whether ``finish_many`` writes this outcome in its one shared statement (a completed
     one-time run) rather than through ``finish``."""
     return outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
+
+
+def waiting_for_tick(j: Any) -> sa.ColumnElement[bool]:
+    """A pending recurring row that is only waiting for its tick: no attempt made, and not a tick
+    handed back or lost (those give their attempt back, but are due now, off their tick: a run in
+    progress that a re-schedule or a trigger must not replace)."""
+    return sa.and_(j.attempt == 0, j.next_run == j.scheduled_at)
 
 
 @dataclass(frozen=True)
@@ -359,7 +371,9 @@ class JobRepository:
         )
         excluded = stmt.excluded
         schedule_changed = sa.or_(j.cron != excluded.cron, j.timezone != excluded.timezone)
-        take_new = sa.and_(j.status == JobStatus.PENDING.value, j.attempt == 0, schedule_changed)
+        take_new = sa.and_(
+            j.status == JobStatus.PENDING.value, waiting_for_tick(j), schedule_changed
+        )
         upsert = stmt.on_conflict_do_update(
             index_elements=[j.key],
             set_={
@@ -382,7 +396,7 @@ class JobRepository:
 
     def _one_time_values(self, spec: OneTimeSpec, key: str | None) -> dict[str, Any]:
         validate_job_name(spec.name)
-        _check_retries(spec.retries)
+        _check_retries(spec.retries, unsaid=True)
         _check_run_at(spec.run_at)
         return {
             "key": key if key is not None else new_key(spec.name),
@@ -449,7 +463,7 @@ class JobRepository:
             name, retries, run_at, params = spec.name, spec.retries, spec.run_at, spec.params
             if not isinstance(name, str) or name not in valid_names:
                 valid_names.add(validate_job_name(name))
-            _check_retries(retries)
+            _check_retries(retries, unsaid=True)
             _check_run_at(run_at)
             if run_at not in instants:
                 instants[run_at] = run_at.isoformat()  # type: ignore[union-attr]
@@ -458,7 +472,7 @@ class JobRepository:
                 text = encoded[id(params)] = encode_params(params, self.max_params_bytes)
             columns["keys"].append(keys[i] if keys is not None else new_key(name))
             columns["params"].append(text)
-            columns["retries"].append(str(retries))
+            columns["retries"].append("" if retries is None else str(retries))
             columns["run_at"].append(instants[run_at])
         if not columns["keys"]:
             return []
@@ -519,11 +533,20 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------ claim and lease
-    def claim(self, node_id: str, names: Sequence[str], limit: int) -> list[ClaimedJob]:
+    def claim(
+        self,
+        node_id: str,
+        names: Sequence[str],
+        limit: int,
+        *,
+        retries: Sequence[int] | None = None,
+    ) -> list[ClaimedJob]:
         """Lease up to ``limit`` due pending jobs of ``names`` to ``node_id``, in one statement.
 
         Rows locked by another claimer are skipped, not waited for. Each claim gets a fresh
-        ``lease_id``, counts an attempt, and records a run row in the same statement.
+        ``lease_id``, counts an attempt, and records a run row in the same statement. A job whose
+        ``max_retries`` is NULL (its enqueue left them to the handler) gets, for good, the
+        ``retries`` given for its name (same order as ``names``; 0 without them).
         """
         if limit <= 0 or not names:
             return []
@@ -531,7 +554,7 @@ class JobRepository:
         # Values go in at execute time: on SQLAlchemy 2.0, values given with .params() do not
         # reach a parameter inside a CTE that an UPDATE-CTE reads.
         rows = self._execute_planned(
-            "claim", self._claim_template, self._claim_values(node_id, names, limit)
+            "claim", self._claim_template, self._claim_values(node_id, names, limit, retries)
         )
         for row in rows:
             record = JobRecord.from_values(row)
@@ -539,34 +562,58 @@ class JobRepository:
             result.append(ClaimedJob(record, record.lease_id, row[-1]))  # claimed_at
         return result
 
-    def claim_statement(self, node_id: str, names: Sequence[str], limit: int) -> sa.Select[Any]:
+    def claim_statement(
+        self,
+        node_id: str,
+        names: Sequence[str],
+        limit: int,
+        *,
+        retries: Sequence[int] | None = None,
+    ) -> sa.Select[Any]:
         """The statement ``claim`` runs, with its values bound (tests and benchmarks EXPLAIN it).
 
         The statement's shape is built once per installation and reused with new values: building
         it takes longer than running it (a CTE returning every column), and it runs on every poll.
         """
         template = self._prebuilt("claim", self._claim_template)
-        return template.params(**self._claim_values(node_id, names, limit))
+        return template.params(**self._claim_values(node_id, names, limit, retries))
 
     @staticmethod
-    def _claim_values(node_id: str, names: Sequence[str], limit: int) -> dict[str, Any]:
-        return {"claim_node_id": node_id, "claim_names": list(names), "claim_limit": int(limit)}
+    def _claim_values(
+        node_id: str, names: Sequence[str], limit: int, retries: Sequence[int] | None
+    ) -> dict[str, Any]:
+        if retries is None:
+            retries = [0] * len(names)
+        elif len(retries) != len(names):
+            raise ValueError(f"{len(retries)} retries for {len(names)} names")
+        return {
+            "claim_node_id": node_id,
+            "claim_names": list(names),
+            "claim_retries": list(retries),
+            "claim_limit": int(limit),
+        }
 
     def _claim_template(self) -> sa.Select[Any]:
         j, r = self.jobs.c, self.runs.c
+        claim_names = sa.cast(
+            sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
+            postgresql.ARRAY(sa.Text),
+        )
+        # The handler's retries for a job whose enqueue left them unsaid (NULL): the entry of
+        # its name in a parallel array. (Grouped: PostgreSQL subscripts only a parenthesised cast.)
+        handler_retries = Grouping(
+            sa.cast(
+                sa.bindparam("claim_retries", type_=postgresql.ARRAY(sa.Integer)),
+                postgresql.ARRAY(sa.Integer),
+            )
+        )[sa.func.array_position(claim_names, j.name)]
         due = (
             sa.select(j.key)
             .where(
                 j.status == JobStatus.PENDING.value,
                 j.next_run <= now(),
                 # One array parameter: an expanding IN is rewritten on every execution.
-                j.name
-                == sa.any_(
-                    sa.cast(
-                        sa.bindparam("claim_names", type_=postgresql.ARRAY(sa.Text)),
-                        postgresql.ARRAY(sa.Text),
-                    )
-                ),
+                j.name == sa.any_(claim_names),
             )
             # next_run alone: the partial index then yields due rows in order and the scan stops
             # at the limit. With the key as a tie-break, a backlog enqueued in one statement (one
@@ -588,6 +635,7 @@ class JobRepository:
                 node_id=sa.bindparam("claim_node_id", type_=sa.Text),
                 heartbeat_at=now(),
                 attempt=j.attempt + 1,
+                max_retries=sa.func.coalesce(j.max_retries, handler_retries, 0),
                 last_run_at=now(),
                 cancel_requested=False,
                 updated_at=now(),
@@ -666,11 +714,13 @@ class JobRepository:
         """
         job = claimed.job
         j = self.jobs.c
-        exhausted = job.attempt > job.max_retries
+        # A claimed job's max_retries is never NULL (the claim resolved it from the handler).
+        exhausted = job.attempt > (job.max_retries or 0)
         values: dict[str, Any] = {
             "lease_id": None,
             "heartbeat_at": None,
             "cancel_requested": False,
+            "lost_leases": 0,  # a run finished: the count of lost runs in a row starts over
             "execution_time_ms": outcome.duration_ms,
             "updated_at": now(),
         }
@@ -690,6 +740,11 @@ class JobRepository:
         if retry:
             transition, status = states.RETRY, JobStatus.PENDING
             values.update(next_run=now() + self.backoff.delay(job.attempt))
+        elif outcome.status is RunStatus.CANCELLED:
+            # cancel_job ends the job, recurring ones too: off until retry_job, as when it is
+            # cancelled while pending (an operator's cancel is never undone by the next tick).
+            transition, status = states.ABORT, JobStatus.CANCELLED
+            values.update(next_run=None, finished_at=now())
         elif job.job_type is JobType.RECURRING:
             try:
                 next_run = self._next_tick(job)
@@ -715,8 +770,6 @@ class JobRepository:
                 JobStatus.CANCELLED: states.ABORT,
             }[status]
             values.update(next_run=None, finished_at=now())
-        if outcome.status is RunStatus.CANCELLED:
-            transition = states.ABORT
         values["status"] = status.value
 
         moved = (
@@ -837,6 +890,7 @@ class JobRepository:
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,
+                lost_leases=0,
                 execution_time_ms=done.c.duration_ms,
                 last_success_at=now(),
                 consecutive_failures=0,
@@ -874,38 +928,65 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------ taking leases back
-    def rescue_stalled(self, timeout: dt.timedelta, *, limit: int = 1000) -> TakeBackResult:
+    def rescue_stalled(
+        self,
+        timeout: dt.timedelta,
+        *,
+        limit: int = 1000,
+        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
+    ) -> TakeBackResult:
         """Take back jobs whose heartbeat is older than ``timeout`` (their node died or hung).
 
-        One statement moves them: to ``pending`` with the attempt counted, or to ``failed`` when a
-        one-time job has no attempts left. A live lease is never touched: the heartbeat age is the
-        guard, evaluated on the database clock, and the row is locked while it is decided.
+        One statement moves them back to ``pending``, runnable at once. A lost run is not a
+        failure: it uses up no attempt (``retries`` count exceptions only), it adds one to the
+        job's ``lost_leases``. The run that makes ``lost_leases`` reach ``max_lost_leases`` ends
+        the job instead (a poison job that takes its node down on every run): a one-time job
+        ``failed``, a recurring one waits for its next tick. A live lease is never touched: the
+        heartbeat age is the guard, evaluated on the database clock, and the row is locked while
+        it is decided.
         """
         j = self.jobs.c
         stalled = j.heartbeat_at < now() - timeout
         return self._take_back(
-            stalled, RunStatus.LOST, "lease lost: the node stopped heartbeating", limit
+            stalled,
+            RunStatus.LOST,
+            "lease lost: the node stopped heartbeating",
+            limit,
+            max_lost_leases=max_lost_leases,
         )
 
-    def release(self, node_id: str, leases: Iterable[uuid.UUID]) -> TakeBackResult:
-        """Hand back this node's unfinished jobs at the end of a shutdown (attempt counted)."""
+    def release(
+        self, node_id: str, leases: Iterable[uuid.UUID], *, reason: str | None = None
+    ) -> TakeBackResult:
+        """Hand back this node's unfinished jobs (shutdown): pending, runnable at once, and no
+        attempt used up. ``reason`` goes in the run rows' error."""
         held = list(leases)
         if not held:
             return TakeBackResult()
         j = self.jobs.c
         mine = sa.and_(j.lease_id.in_(held), j.node_id == node_id)
         return self._take_back(
-            mine, RunStatus.RELEASED, "released: still running when its node shut down", len(held)
+            mine,
+            RunStatus.RELEASED,
+            reason or "released: still running when its node shut down",
+            len(held),
         )
 
     def _take_back(
-        self, condition: sa.ColumnElement[bool], run_status: RunStatus, reason: str, limit: int
+        self,
+        condition: sa.ColumnElement[bool],
+        run_status: RunStatus,
+        reason: str,
+        limit: int,
+        *,
+        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
     ) -> TakeBackResult:
         j, r = self.jobs.c, self.runs.c
         # The rescuer skips rows locked by someone else (a heartbeat or an outcome write in
         # flight): it looks again next pass. A release must wait for them instead: skipping a row
         # that our own heartbeat happens to be renewing would leave it running under a dead node.
-        skip_locked = run_status is RunStatus.LOST
+        lost = run_status is RunStatus.LOST
+        skip_locked = lost
         victims = (
             sa.select(j.key, j.lease_id)
             .where(j.status == JobStatus.RUNNING.value, condition)
@@ -915,19 +996,32 @@ class JobRepository:
             .cte("victims")
             .prefix_with("MATERIALIZED")
         )
-        # A rescued job whose node died on its last attempt has failed. A released one has not:
-        # its node merely shut down, so it always goes back to pending (attempt still counted).
-        one_time_exhausted = sa.and_(
-            sa.literal(run_status is RunStatus.LOST),
-            j.job_type == JobType.ONE_TIME.value,
-            j.attempt > j.max_retries,
-        )
-        failure: dict[str, Any] = {}
-        if run_status is RunStatus.LOST:  # a node that vanished mid-run counts as a failure
-            failure = {
-                "last_failure_at": now(),
-                "consecutive_failures": j.consecutive_failures + 1,
-                "last_error": reason,
+        # Neither a lost nor a released run uses up an attempt: the claim counted one, give it
+        # back (the rerun has the same attempt number). A lost run counts in ``lost_leases``, and
+        # the one that reaches ``max_lost_leases`` ends a one-time job (``failed``); a recurring
+        # job then waits for its next tick (below).
+        poisoned = sa.and_(sa.literal(lost), j.lost_leases + 1 >= max_lost_leases)
+        one_time_poisoned = sa.and_(poisoned, j.job_type == JobType.ONE_TIME.value)
+        values: dict[str, Any] = {}
+        if lost:
+            values = {
+                "lost_leases": j.lost_leases + 1,
+                "last_error": sa.case(
+                    (
+                        poisoned,
+                        sa.func.concat(
+                            "lost its lease ",
+                            sa.cast(j.lost_leases + 1, sa.Text),
+                            " times (node died or hung); not retried",
+                        ),
+                    ),
+                    else_=reason,
+                ),
+                "last_failure_at": sa.case((one_time_poisoned, now()), else_=j.last_failure_at),
+                "consecutive_failures": sa.case(
+                    (one_time_poisoned, j.consecutive_failures + 1),
+                    else_=j.consecutive_failures,
+                ),
             }
         moved = (
             sa.update(self.jobs)
@@ -935,21 +1029,25 @@ class JobRepository:
                 j.key == victims.c.key,
                 j.lease_id == victims.c.lease_id,
                 self._guard(
-                    states.RESCUE if run_status is RunStatus.LOST else states.RELEASE,
+                    states.RESCUE if lost else states.RELEASE,
                     lease_id=victims.c.lease_id,
                 ),
             )
             .values(
                 status=sa.case(
-                    (one_time_exhausted, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
+                    (one_time_poisoned, JobStatus.FAILED.value), else_=JobStatus.PENDING.value
                 ),
-                next_run=sa.case((one_time_exhausted, sa.null()), else_=now()),
-                finished_at=sa.case((one_time_exhausted, now()), else_=sa.null()),
+                next_run=sa.case((one_time_poisoned, sa.null()), else_=now()),
+                finished_at=sa.case((one_time_poisoned, now()), else_=sa.null()),
+                # A job given up keeps its last attempt, as its run rows show it.
+                attempt=sa.case(
+                    (one_time_poisoned, j.attempt), else_=sa.func.greatest(j.attempt - 1, 0)
+                ),
                 lease_id=None,
                 heartbeat_at=None,
                 cancel_requested=False,
                 updated_at=now(),
-                **failure,
+                **values,
             )
             .returning(
                 j.key,
@@ -962,6 +1060,7 @@ class JobRepository:
                 j.scheduled_at,
                 j.attempt,
                 j.max_retries,
+                j.lost_leases,  # the new count
                 victims.c.lease_id.label("old_lease"),
             )
             .cte("moved")
@@ -981,11 +1080,14 @@ class JobRepository:
             if row["status"] == JobStatus.FAILED.value:
                 failed.append(row["key"])
                 continue
-            exhausted = row["attempt"] > row["max_retries"] and run_status is RunStatus.LOST
-            if row["job_type"] == JobType.RECURRING.value and exhausted:
-                # A recurring job out of attempts for this tick goes back to its schedule. The row
-                # is locked by the statement above until this transaction ends, so this second
-                # write cannot race anyone.
+            if (
+                lost
+                and row["job_type"] == JobType.RECURRING.value
+                and row["lost_leases"] >= max_lost_leases
+            ):
+                # A recurring job whose runs keep being lost gives up this tick and waits for
+                # the next one. The row is locked by the statement above until this transaction
+                # ends, so this second write cannot race anyone.
                 db_now = db_now or self.now()
                 still_pending = sa.and_(j.key == row["key"], j.status == JobStatus.PENDING.value)
                 try:
@@ -1014,7 +1116,7 @@ class JobRepository:
                 self._execute(
                     sa.update(self.jobs)
                     .where(still_pending)
-                    .values(next_run=tick, scheduled_at=tick, attempt=0)
+                    .values(next_run=tick, scheduled_at=tick, attempt=0, lost_leases=0)
                 )
             pending.append(row["key"])
         if pending:
@@ -1068,7 +1170,7 @@ class JobRepository:
     def trigger(self, key: str) -> JobRecord:
         """Make a pending job due now (a recurring job runs now, outside its schedule)."""
         j = self.jobs.c
-        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, j.attempt == 0)
+        manual_tick = sa.and_(j.job_type == JobType.RECURRING.value, waiting_for_tick(j))
         row = (
             self._execute(
                 sa.update(self.jobs)
@@ -1101,6 +1203,7 @@ class JobRepository:
                     # A new run request: a new scheduled_at keeps (key, scheduled_at, attempt) unique.
                     scheduled_at=now(),
                     attempt=0,
+                    lost_leases=0,
                     finished_at=None,
                     updated_at=now(),
                 )
@@ -1252,13 +1355,20 @@ class JobRepository:
             stmt = stmt.where(j.job_type == JobType(job_type).value)
         return [JobRecord.from_row(row) for row in self._execute(stmt).mappings()]
 
+    def run_of_lease(self, lease_id: uuid.UUID) -> RunRecord | None:
+        """The run row of one attempt (one lease), or None if it is gone."""
+        stmt = sa.select(self.runs).where(self.runs.c.lease_id == lease_id)
+        row = self._execute(stmt).mappings().first()
+        return None if row is None else RunRecord.from_row(row)
+
     def list_runs(self, key: str, *, limit: int = 100) -> list[RunRecord]:
         r = self.runs.c
         stmt = (
             sa.select(self.runs)
             .where(r.job_key == key)
-            # Newest first, in the order of the tick_uq index (a run's id follows the same order).
-            .order_by(r.scheduled_at.desc(), r.attempt.desc())
+            # Newest first, in the order of the tick_ix index (a run's id follows the same order).
+            # A handed-back or lost run and its rerun share an attempt: the later one first.
+            .order_by(r.scheduled_at.desc(), r.attempt.desc(), r.id.desc())
             .limit(limit)
         )
         return [RunRecord.from_row(row) for row in self._execute(stmt).mappings()]

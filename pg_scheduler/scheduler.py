@@ -7,6 +7,7 @@ runs: claim, commit, run, then write the outcome in a new transaction, fenced by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -45,7 +46,7 @@ from .notify import Listener
 from .outcomes import OutcomeWriter
 from .poller import Poller
 from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import JobRegistry, schedule
+from .registry import Claimable, JobRegistry, schedule
 from .repository import (
     CancelResult,
     FinishResult,
@@ -55,7 +56,7 @@ from .repository import (
     new_key,
     shares_one_statement,
 )
-from .states import JobStatus, JobType
+from .states import JobStatus, JobType, RunStatus
 from .timeouts import Deadlines, set_local_timeouts
 from .workers import (
     EventLoopThread,
@@ -109,8 +110,11 @@ class Scheduler:
         )
         self.inflight = Inflight()
         self._registry = JobRegistry()
-        self._state = "new"  # new -> running -> stopped
+        # Recurring jobs declared before start(): start() writes their rows (see schedule_job).
+        self._declared: list[JobConfig] = []
+        self._state = "new"  # new -> running -> stopping -> stopped
         self._state_lock = threading.Lock()
+        self._stopped = threading.Event()  # set when a shutdown() has finished stopping the node
         # One kept autocommit connection per stream of the node's own statements.
         self.claim_connection = KeptConnection(self.engine)
         self.outcome_connection = KeptConnection(self.engine)
@@ -225,16 +229,40 @@ class Scheduler:
     def registered_names(self) -> list[str]:
         return self._registry.names()
 
+    def claimable(self) -> Claimable:
+        """The names this node claims, with their handlers' retries (see ``JobRepository.claim``)."""
+        return self._registry.claimable()
+
     def registered_job(self, name: str) -> Job | None:
         return self._registry.get(name)
 
     def schedule_job(self, job: Job) -> str:
-        """Register ``job`` and schedule it: a recurring job's row is created or updated; a
-        one-time job is enqueued once with its config's params. Returns the job key."""
+        """Register ``job`` and schedule it. Returns the job key.
+
+        A recurring job is a declaration: before ``start()`` it is only recorded (no database
+        needed: a module of declarations imports while the database is down), and ``start()``
+        writes its row; once started, its row is created or updated at once. A one-time job is
+        enqueued at once with its config's params (an enqueue, which needs the database).
+        """
         self.register(job)
+        if job.config.job_type is JobType.RECURRING:
+            with self._state_lock:
+                if self._state == "new":
+                    self._declared.append(job.config)
+                    return job.name  # a recurring job's key is its name
         self._ensure_schema()
         with self.transaction() as repo:
             return schedule(repo, job.config)
+
+    def _write_declarations(self) -> None:
+        """Write the rows of the recurring jobs declared so far (under ``_state_lock``)."""
+        if not self._declared:
+            return
+        declared = list(self._declared)
+        with self.transaction() as repo:
+            for config in declared:
+                schedule(repo, config)
+        del self._declared[: len(declared)]
 
     def recurring(
         self,
@@ -246,7 +274,8 @@ class Scheduler:
         misfire: Any = "coalesce",
         misfire_grace: dt.timedelta = dt.timedelta(minutes=1),
     ) -> Callable[[F], F]:
-        """Decorator: schedule a plain function ``fn(ctx)`` (sync or async) as a recurring job."""
+        """Decorator: a plain function ``fn(ctx)`` (sync or async) as a recurring job. A
+        declaration, as ``schedule_job``: its row is written by ``start()`` (at once if started)."""
         config = JobConfig.recurring(
             name,
             cron,
@@ -286,8 +315,9 @@ class Scheduler:
         """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
 
         With ``session``, the insert joins that session's transaction: the job exists if and only
-        if the caller commits. ``retries`` defaults to the registered handler's. Nodes are woken
-        by NOTIFY when the transaction commits.
+        if the caller commits. ``retries`` left unsaid (None) is stored as NULL and resolved from
+        the handler by the node that claims the job (this process needs no handler); an explicit
+        value wins. Nodes are woken by NOTIFY when the transaction commits.
         """
         spec = self._registry.one_time_spec(name, params, retries, run_at)
         if session is not None:
@@ -372,7 +402,7 @@ class Scheduler:
         if result.requested:
             for running in self.inflight:
                 if running.claimed.key == key:
-                    running.stop(StopReason.CANCEL_REQUESTED)
+                    running.stop(StopReason.CANCEL_JOB)
         return result
 
     def trigger(self, key: str) -> JobRecord:
@@ -387,8 +417,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Scheduler:
-        """Check (or, with ``create_schema``, install) the schema, register this node, and start
-        claiming. Raises if already started."""
+        """Check (or, with ``create_schema``, install) the schema, register this node, write the
+        rows of the recurring jobs declared so far, and start claiming. Raises if already
+        started."""
         with self._state_lock:
             if self._state == "running":
                 raise SchedulerStateError("the scheduler is already running")
@@ -397,6 +428,7 @@ class Scheduler:
                     "this scheduler was shut down; create a new Scheduler to start again"
                 )
             self._ensure_schema()
+            self._write_declarations()
             with self.transaction() as repo:
                 self.register_node(repo)
             # Twice the slots: a thread whose job has ended stays with it while its outcome is
@@ -409,7 +441,7 @@ class Scheduler:
         self.maintenance.start()
         self.poller.start(immediately=self.config.run_immediately)
         self.log.info(
-            "node %s started (%d jobs registered)",
+            "node %s started; job names registered: %d",
             self.node_id,
             len(self._registry),
             extra={"event": "node.started", "node_id": self.node_id},
@@ -428,13 +460,29 @@ class Scheduler:
     def shutdown(self, timeout: dt.timedelta | None = None) -> None:
         """Stop claiming, ask running jobs to stop, wait up to ``shutdown_timeout`` for them, and
         hand back the ones still running. Records every outcome that arrives in time. When it
-        returns, no row is ``running`` under this node's leases. Calling it twice is harmless."""
+        returns, no row is ``running`` under this node's leases. Calling it twice is harmless: a
+        call made while another is still stopping the node waits for that one to finish."""
         with self._state_lock:
-            if self._state != "running":
+            if self._state == "stopping":
+                stopping = True
+            elif self._state != "running":
                 self._state = "stopped"
                 self.close_autocommit_connections()  # a producer-only scheduler may hold one
                 return
-            self._state = "stopping"
+            else:
+                stopping = False
+                self._state = "stopping"
+        if stopping:
+            self._stopped.wait()
+            return
+        try:
+            self._stop(timeout)
+        finally:
+            with self._state_lock:
+                self._state = "stopped"
+            self._stopped.set()
+
+    def _stop(self, timeout: dt.timedelta | None) -> None:
         wait = (timeout if timeout is not None else self.config.shutdown_timeout).total_seconds()
         self.log.info("node %s stopping", self.node_id, extra={"event": "node.stopping"})
         self.poller.stop()
@@ -456,8 +504,6 @@ class Scheduler:
             self._pool.stop()
         if self._loop is not None:
             self._loop.stop()
-        with self._state_lock:
-            self._state = "stopped"
         self.close_autocommit_connections()
         self.log.info("node %s stopped", self.node_id, extra={"event": "node.stopped"})
 
@@ -472,14 +518,14 @@ class Scheduler:
             with self.transaction() as repo:
                 result = repo.release(self.node_id, leases)
             self.log.warning(
-                "shutdown timeout: handed back %d running jobs",
+                "shutdown timeout: running jobs handed back: %d",
                 result.count,
                 extra={"event": "job.released", "keys": list(result.pending + result.failed)},
             )
 
         if not self._retry_database("release", release):
             self.log.error(
-                "could not hand back %d jobs; their leases will expire and another node will "
+                "could not hand back the running jobs (%d); their leases will expire and another node will "
                 "rescue them",
                 len(leases),
                 extra={"event": "job.release_failed"},
@@ -510,7 +556,7 @@ class Scheduler:
 
     def _event_loop(self) -> EventLoopThread:
         with self._state_lock:
-            if self._loop is None:
+            if self._loop is None or not self._loop.alive:  # a dead loop's runs were handed back
                 self._loop = EventLoopThread("pg_scheduler")
             return self._loop
 
@@ -546,18 +592,18 @@ class Scheduler:
         self.inflight.remove(running.lease_id)
         self.poller.slot_freed()
 
-    def _finish(self, running: RunningJob, outcome: Outcome | None) -> bool:
+    def _finish(self, running: RunningJob, outcome: Outcome) -> bool:
         """Write the attempt's outcome, or hand it to the grouped writer (returns True: the
         writer's callback finishes the attempt)."""
         claimed = running.claimed
         if running.stop_reason is StopReason.LEASE_LOST:
             report_dropped(self.log, claimed.key)
             return False
-        if outcome is None:
+        if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
 
             def release() -> None:
                 with self.transaction() as repo:
-                    repo.release(self.node_id, [claimed.lease_id])
+                    repo.release(self.node_id, [claimed.lease_id], reason=outcome.error)
 
             self._retry_database("release", release)
             return False
@@ -617,19 +663,121 @@ class Scheduler:
                 self.database_error(what, exc, retry_in=delay)
                 time.sleep(delay)
 
-    def run_pending(self, timeout: float = 10.0) -> int:
-        """Claim and run every job due now on the calling thread's behalf, then wait for them:
-        a helper for tests and scripts. Returns the number of jobs run."""
-        if self._pool is None:
-            raise SchedulerStateError("start() the scheduler first")
-        total = 0
-        while True:
-            result = self.poller.run_once()
-            total += result.claimed
-            if not self.inflight.wait_empty(timeout):
-                raise TimeoutError("jobs still running")
-            if result.claimed < result.free_slots or result.claimed == 0:
-                return total
+    def run_pending(self) -> list[RunRecord]:
+        """Run what is due, here and now: for tests and scripts, on a scheduler never started.
+
+        Writes the recurring jobs declared so far (as ``start()`` would), then claims due jobs
+        whose names are registered here, one at a time, and runs each in the calling thread
+        (``async def`` code on an event loop of that thread), until none is due; jobs that fall
+        due meanwhile (one enqueued by a job, a retry whose backoff has passed) run too. Each
+        outcome is written as a node writes it. Returns the run records of those attempts, in
+        the order they ran. A started node claims due jobs by itself: there this raises
+        ``SchedulerStateError``.
+        """
+        with self._state_lock:
+            if self._state != "new":
+                raise SchedulerStateError(
+                    f"run_pending() is for a scheduler that is not started (this one is "
+                    f"{self._state}): a started node claims and runs due jobs by itself"
+                )
+            self._ensure_schema()
+            self._write_declarations()
+        ran: list[RunRecord] = []
+        loop: EventLoopThread | None = None
+        try:
+            while True:
+                names, retries = self.claimable()
+                if not names:
+                    break
+                with self.autocommit(self.claim_connection) as repo:
+                    claimed = repo.claim(self.node_id, names, 1, retries=retries)
+                if not claimed:
+                    break
+                job = self.registered_job(claimed[0].name)
+                assert job is not None  # only registered names are claimed
+                if job.is_async and loop is None:
+                    loop = CallingThreadLoop() if _running_loop() is None else self._own_loop()
+                run = self._run_here(
+                    RunningJob(claimed[0], job, new_context(claimed[0], self.node_id, self.log)),
+                    loop,
+                )
+                if run is not None:
+                    ran.append(run)
+        finally:
+            if loop is not None:
+                loop.stop()
+            # A test's scheduler is seldom shut down: hold no pooled connection after the call.
+            self.close_autocommit_connections()
+        return ran
+
+    def _own_loop(self) -> EventLoopThread:
+        """``run_pending``'s loop when the calling thread runs one already (it cannot run two)."""
+        return EventLoopThread("pg_scheduler-run_pending")
+
+    def _run_here(self, running: RunningJob, loop: EventLoopThread | None) -> RunRecord | None:
+        """One attempt of ``run_pending``, in the calling thread; its outcome written."""
+        claimed = running.claimed
+        if isinstance(loop, CallingThreadLoop) and running.job.is_async:
+            running.on_stop = loop.cancel_current  # cancel_job from another thread
+        self.inflight.add(running)
+        try:
+            outcome = misfire_outcome(claimed)
+            if outcome is None:
+                started = time.monotonic()
+                error = execute(running, loop if running.job.is_async else None)
+                duration_ms = int((time.monotonic() - started) * 1000)
+                outcome = attempt_outcome(running, error, duration_ms)
+            if outcome.status is RunStatus.RELEASED:  # handed back (see ``attempt_outcome``)
+                with self.transaction() as repo:
+                    repo.release(self.node_id, [claimed.lease_id], reason=outcome.error)
+            else:
+                (result,) = self._write_outcomes([(claimed, outcome)])
+                report_outcome(self.log, claimed, outcome, result)
+        finally:
+            self.inflight.remove(claimed.lease_id)
+        with self.autocommit() as repo:
+            return repo.run_of_lease(claimed.lease_id)
+
+
+class CallingThreadLoop(EventLoopThread):
+    """An event loop that the calling thread runs itself, for ``run_pending``: ``async def`` job
+    code runs in the caller's thread, one hook at a time, on one loop for the whole call."""
+
+    def __init__(self) -> None:  # no thread of its own
+        self.loop = asyncio.new_event_loop()
+        self._task: asyncio.Future[Any] | None = None
+
+    def run(self, awaitable: Any, cancelled: threading.Event) -> Any:
+        task = self._task = asyncio.ensure_future(awaitable, loop=self.loop)
+        if cancelled.is_set():
+            task.cancel()
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: asyncio must not warn that nobody did
+            raise
+        finally:
+            self._task = None
+
+    def cancel_current(self) -> None:
+        """Cancel the hook running now (callable from any thread: ``cancel_job``)."""
+        task = self._task
+        if task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(task.cancel)
+
+    def stop(self) -> None:
+        try:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Autocommit:

@@ -11,10 +11,15 @@
    │   retry /     │  ├───── success ───► pending @ next tick (recurring)
    │   rescue      │  ├───── failure, retries left ───► pending @ now + backoff
    └───────────────┘  ├───── failure, none left ──────► failed (one-time) / pending @ next tick
-                      ├───── cancel requested ────────► cancelled (one-time) / pending @ next tick
-                      ├───── heartbeat lost (rescue) ─► pending (attempt counted) or failed
-                      └───── released at shutdown ────► pending (attempt counted; not a failure)
+                      ├───── cancel requested ────────► cancelled, recurring too
+                      │                                 (however the code ended; never re-run)
+                      ├───── handed back (release) ───► pending at once (no attempt used up)
+                      └───── lease lost (rescue) ─────► pending at once (no attempt used up);
+                                                        past max_lost_leases in a row: failed
+                                                        (one-time) / pending @ next tick
 ```
+
+Which of these ends a run is decided in one place, ``workers.attempt_outcome`` (README "Outcomes").
 
 A transition names the states it may start from; the repository turns that into
 ``WHERE status IN (...)`` and, for transitions out of ``running``, ``AND lease_id = :mine``, so two
@@ -67,9 +72,10 @@ class RunStatus(str, enum.Enum):
     SKIPPED = "skipped"
     """A ``skip``-policy tick found too late to run; recorded so the history shows it."""
     LOST = "lost"
-    """The node stopped heartbeating; the rescuer took the job back."""
+    """The node stopped heartbeating; the rescuer took the job back (no attempt used up)."""
     RELEASED = "released"
-    """Still running when its node's shutdown timeout ended; handed back."""
+    """Handed back by its node: stopped by shutdown (its code raised the cancellation, or was
+    still running when the shutdown timeout ended), or its event loop died. No attempt used up."""
 
     def __str__(self) -> str:
         return self.value
@@ -109,10 +115,10 @@ COMPLETE = _t("complete", {R}, {C})
 RESCHEDULE = _t("reschedule", {R}, {P})  # recurring: done with this tick, wait for the next one
 RETRY = _t("retry", {R}, {P})
 FAIL = _t("fail", {R}, {F})
-ABORT = _t("abort", {R}, {X, P})  # the holder honours a cancel request
+ABORT = _t("abort", {R}, {X})  # the holder honours a cancel request: the job ends cancelled
 # Taking a lease back from a node that stopped heartbeating, or at the end of a shutdown.
-RESCUE = _t("rescue", {R}, {P, F})
-RELEASE = _t("release", {R}, {P})  # its node shut down; the job did not fail
+RESCUE = _t("rescue", {R}, {P, F})  # failed only past max_lost_leases
+RELEASE = _t("release", {R}, {P})  # handed back by its node; the job did not fail
 # Operator and API actions.
 CANCEL = _t("cancel", {P}, {X})
 REQUEST_CANCEL = _t("request_cancel", {R}, {R})  # only flags the row; the holder aborts

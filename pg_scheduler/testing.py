@@ -337,5 +337,9 @@ def pg_scheduler_installed(
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which server and driver the tests ran against: a line for ``-v`` runs, where it helps
+    read a failure; a plain run's summary stays pytest's own."""
+    if terminalreporter.config.get_verbosity() < 1:
+        return
     for line in _server_description:
         terminalreporter.write_line(line)

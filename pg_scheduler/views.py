@@ -87,6 +87,17 @@ def node_state(node: NodeRecord, now: dt.datetime, within: dt.timedelta) -> str:
 
 
 # ---------------------------------------------------------------------------------------- tables
+#: What ``max_retries`` NULL means: the enqueue left it to the handler of the node that runs it.
+HANDLERS = "handler's"
+
+
+def attempts_text(job: JobRecord) -> str:
+    """``attempt/attempts allowed``; the allowed attempts read ``handler's`` until a node with the
+    job's handler has claimed it (its enqueue left ``retries`` unsaid)."""
+    allowed = HANDLERS if job.max_retries is None else str(job.max_retries + 1)
+    return f"{job.attempt}/{allowed}"
+
+
 def jobs_table(
     jobs: Sequence[JobRecord], title: str | None = None, *, wide: bool = True, date: bool = True
 ) -> Table:
@@ -106,7 +117,7 @@ def jobs_table(
             job.key,
             job.cron or "once",
             status_text(job.status),
-            f"{job.attempt}/{job.max_retries + 1}",
+            attempts_text(job),
             when(job.next_run, date=date),
         ]
         if wide:
@@ -128,6 +139,8 @@ def job_fields(job: JobRecord) -> Table:
             grid.add_row(name, status_text(job.status))
         elif name == "params":
             grid.add_row(name, json.dumps(value, ensure_ascii=False))
+        elif name == "max_retries" and value is None:
+            grid.add_row(name, HANDLERS)
         else:
             grid.add_row(name, "-" if value is None else str(value))
     return grid

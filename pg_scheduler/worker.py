@@ -33,7 +33,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import embedded, migrations
-from .cli import URL_ENV, CliError, Database, UsageProblem, first_line
+from .cli import (
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    URL_ENV,
+    CliError,
+    Database,
+    UsageProblem,
+    article,
+    first_line,
+    plural,
+)
 from .errors import ConfigError, EmbeddedPostgresError, PgSchedulerError, SchemaNotInstalledError
 from .naming import Names
 from .scheduler import Scheduler
@@ -146,7 +156,7 @@ class App:
         target = find_attribute(parsed)
         if not is_scheduler(target) and not callable(target):
             raise AppNotFoundError(
-                f"{parsed} is a {type(target).__name__}, not a pg_scheduler Scheduler or a "
+                f"{parsed} is {article(type(target).__name__)}, not a pg_scheduler Scheduler or a "
                 "function returning one"
             )
         return cls(parsed, target)
@@ -173,7 +183,7 @@ class App:
     def check(self, made: object) -> Any:
         if not is_scheduler(made):
             raise AppNotFoundError(
-                f"{self.spec}() returned a {type(made).__name__}, not a pg_scheduler Scheduler"
+                f"{self.spec}() returned {article(type(made).__name__)}, not a pg_scheduler Scheduler"
             )
         return made
 
@@ -212,8 +222,27 @@ def run_until_stopped(
     try:
         while not stop.wait(0.5):
             pass
+        say_stopping(scheduler)
     finally:
         scheduler.shutdown()
+
+
+def say_stopping(scheduler: Any) -> None:
+    """What the first SIGTERM or Ctrl-C waits for, and how to cut it short."""
+    running = len(scheduler.inflight)
+    wait = scheduler.config.shutdown_timeout.total_seconds()
+    if running:
+        waits = (
+            f"waiting up to {wait:g}s for {plural(running, 'running job')} to finish (still "
+            "running then, they are handed back to the cluster)"
+        )
+    else:
+        waits = "no job is running"
+    log.warning(
+        "stopping: %s; press Ctrl-C again (or send SIGTERM again) to stop at once",
+        waits,
+        extra={"event": "worker.stopping"},
+    )
 
 
 def same_database(a: sa.URL, b: sa.URL) -> bool:
@@ -307,6 +336,7 @@ class Run:
             try:
                 while not self.stop.is_set():
                     await asyncio.sleep(0.2)
+                say_stopping(scheduler)
             finally:
                 await scheduler.shutdown()
 
@@ -348,7 +378,7 @@ def serve(
                 URL_ENV,
                 data_dir,
             )
-            run.server = start_embedded(data_dir)
+            run.server = start_embedded(data_dir, stop)
         made = run.make()
         if inspect.isawaitable(made) or is_async_scheduler(made):
             asyncio.run(run.run_async(made))
@@ -360,13 +390,19 @@ def serve(
             run.server.stop()
 
 
-def start_embedded(data_dir: Path) -> embedded.EmbeddedPostgres:
+def start_embedded(data_dir: Path, stop: threading.Event) -> embedded.EmbeddedPostgres:
     try:
-        return embedded.start(data_dir)
+        server = embedded.start(data_dir)
     except EmbeddedPostgresError as exc:
+        if stop.is_set():  # Ctrl-C reached initdb/pg_ctl too: that is why it failed
+            raise CliError(INTERRUPTED, EXIT_INTERRUPTED) from exc
         raise CliError(
             f"{first_line(exc)}, or pass --url / set {URL_ENV} to use your own PostgreSQL"
         ) from exc
+    if stop.is_set():  # Ctrl-C while it started, and the server came up anyway
+        server.stop()
+        raise CliError(INTERRUPTED, EXIT_INTERRUPTED)
+    return server
 
 
 def configure_logging(level: str) -> None:

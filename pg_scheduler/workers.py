@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import logging
 import queue
 import threading
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cron import is_too_late
-from .jobs import Job, JobContext
+from .jobs import CancelReason, Job, JobContext, is_cancellation
 from .records import ClaimedJob
 from .repository import FinishResult, Outcome
 from .states import JobStatus, JobType, RunStatus
@@ -31,12 +30,15 @@ logger = logging.getLogger(__name__)
 _CANCEL_CHECK_SECONDS = 0.05
 
 
-class StopReason(enum.Enum):
-    """Why a running job was asked to stop; it decides what its outcome write does."""
+StopReason = CancelReason
+"""Why a running job was asked to stop; it decides what its outcome write does (see
+``attempt_outcome``). The same values job code reads as ``ctx.cancel_reason``."""
 
-    SHUTDOWN = "shutdown"  # hand the job back (pending, attempt counted)
-    CANCEL_REQUESTED = "cancel_requested"  # the operator cancelled it
-    LEASE_LOST = "lease_lost"  # another node has it now: write nothing
+
+class EventLoopDied(Exception):
+    """The event loop running an ``async def`` job's code died under it (something raised
+    ``SystemExit`` or ``KeyboardInterrupt`` out of a loop callback, or stopped the loop). The run
+    is handed back, and the node starts a new loop for the next async job."""
 
 
 @dataclass
@@ -47,7 +49,6 @@ class RunningJob:
     job: Job
     ctx: JobContext
     started: float = field(default_factory=time.monotonic)
-    stop_reason: StopReason | None = None
     code_ended: bool = False
     """The job's code has returned; only its outcome write is left. Its slot is free again, its
     lease is still held (and renewed) until the outcome is written. Set by ``Inflight.end_code``."""
@@ -59,13 +60,15 @@ class RunningJob:
     def lease_id(self) -> uuid.UUID:
         return self.claimed.lease_id
 
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the run was asked to stop (``ctx.cancel_reason``), or None."""
+        return self.ctx.cancel_reason
+
     def stop(self, reason: StopReason) -> None:
         # The first reason wins, except that a lost lease overrides everything: nothing may be
         # written for a lease that is no longer ours.
-        first = self.stop_reason is None
-        if first or reason is StopReason.LEASE_LOST:
-            self.stop_reason = reason
-        self.ctx.cancelled.set()
+        first = self.ctx._cancel(reason, override=reason is StopReason.LEASE_LOST)
         if first and self.on_stop is not None:
             self.on_stop()
 
@@ -186,16 +189,37 @@ class WorkerPool:
 
 
 class EventLoopThread:
-    """One asyncio event loop on its own thread, shared by every ``async def`` job of a node."""
+    """One asyncio event loop on its own thread, shared by every ``async def`` job of a node.
+
+    Job code cannot kill it by raising: each job runs inside a wrapper that catches everything
+    (``SystemExit`` and ``KeyboardInterrupt`` included, which asyncio would otherwise let out of
+    the loop). Should the loop die anyway (such an exception raised from a callback the job
+    scheduled, or the job stopping the loop), every run waiting on it gets ``EventLoopDied`` and
+    ``alive`` turns False: the scheduler starts a new loop for the next async job."""
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-asyncio", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return not self._ended.is_set()
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        except BaseException as exc:  # whatever ended it, its runs are handed back
+            logger.error(
+                "the event loop of async jobs died (%r); its runs are handed back and a new "
+                "loop takes the next async job",
+                exc,
+                extra={"event": "worker.loop_died"},
+            )
+        finally:
+            self._ended.set()
 
     def run(self, awaitable: Any, cancelled: threading.Event) -> Any:
         """Run ``awaitable`` as a task on the loop and wait until that task has really ended.
@@ -203,20 +227,37 @@ class EventLoopThread:
         When ``cancelled`` is set the task is cancelled once, so the job sees
         ``asyncio.CancelledError`` as well as ``ctx.cancelled``. The caller keeps waiting while the
         job's ``except``/``finally`` blocks run: its slot is not freed, and its outcome not
-        written, before its code has stopped. The job's own exception (``CancelledError``
-        included) is raised here unchanged.
+        written, before its code has stopped. The job's own exception (``CancelledError``,
+        ``SystemExit`` included) is raised here unchanged; ``EventLoopDied`` if the loop died.
         """
+        if not self.alive:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise EventLoopDied("the event loop of async jobs is not running")
         ended: concurrent.futures.Future[Any] = concurrent.futures.Future()
         tasks: list[asyncio.Future[Any]] = []
 
+        async def guarded() -> tuple[Any, BaseException | None]:
+            # Task.__step re-raises SystemExit and KeyboardInterrupt out of run_forever(), which
+            # would end the loop and strand every job on it: the job's exception is its outcome.
+            try:
+                return await awaitable, None
+            except BaseException as exc:  # the job's outcome, whatever it is
+                return None, exc
+
         def settle(task: asyncio.Future[Any]) -> None:
             try:
-                ended.set_result(task.result())
-            except BaseException as exc:  # CancelledError is a BaseException
+                value, error = task.result()
+            except BaseException as exc:  # cancelled before it started: CancelledError
                 ended.set_exception(exc)
+                return
+            if error is not None:
+                ended.set_exception(error)
+            else:
+                ended.set_result(value)
 
         def start() -> None:
-            task = asyncio.ensure_future(awaitable)
+            task = asyncio.ensure_future(guarded())
             task.add_done_callback(settle)
             tasks.append(task)
 
@@ -228,7 +269,11 @@ class EventLoopThread:
         cancel_sent = False
         while not ended.done():
             concurrent.futures.wait([ended], timeout=_CANCEL_CHECK_SECONDS)
-            if not cancel_sent and cancelled.is_set() and not ended.done():
+            if ended.done():
+                break
+            if not self.alive:
+                raise EventLoopDied("the event loop of async jobs died while this job ran")
+            if not cancel_sent and cancelled.is_set():
                 cancel_sent = True
                 self.loop.call_soon_threadsafe(cancel)
         return ended.result()
@@ -237,6 +282,8 @@ class EventLoopThread:
         """Stop the loop once the jobs still on it have ended. Like a worker thread, a job that
         outlived the shutdown timeout (its lease handed back) runs on, and its late outcome is
         dropped, instead of freezing mid-way on a stopped loop."""
+        if not self.alive:
+            return
 
         async def drain() -> None:
             others = asyncio.all_tasks() - {asyncio.current_task()}
@@ -300,7 +347,7 @@ def new_context(
         scheduled_at=record.scheduled_at or claimed.claimed_at,
         node_id=node_id,
         logger=log,
-        max_retries=record.max_retries,
+        max_retries=record.max_retries or 0,  # resolved by the claim: never None here
     )
 
 
@@ -318,21 +365,29 @@ def misfire_outcome(claimed: ClaimedJob) -> Outcome | None:
     return None
 
 
-def attempt_outcome(
-    running: RunningJob, error: BaseException | None, duration_ms: int
-) -> Outcome | None:
-    """How an attempt ended, from the exception it raised and why it was asked to stop.
+def attempt_outcome(running: RunningJob, error: BaseException | None, duration_ms: int) -> Outcome:
+    """How an attempt ended, from the exception it raised and why it was asked to stop. The one
+    rule for both schedulers (README "Outcomes"):
 
-    None means "hand the job back" (its node is shutting down; the job did not fail). A job that
-    finished despite being asked to stop has completed.
+    - a run for which ``cancel_job`` was requested ends ``cancelled``, whether its code returned
+      or raised;
+    - a run asked to stop (shutdown, lost lease) whose code raised the cancellation
+      (``JobCancelled`` from ``ctx.raise_if_cancelled()``, or ``asyncio.CancelledError``) is
+      handed back (``released``: pending, runnable at once, no attempt used up), as is a run whose
+      event loop died under it;
+    - otherwise returning completes the run, and raising anything fails the attempt.
     """
+    reason = running.stop_reason
+    if reason is StopReason.CANCEL_JOB:
+        return Outcome(RunStatus.CANCELLED, duration_ms, "cancelled on request")
     if error is None:
         return Outcome(RunStatus.COMPLETED, duration_ms)
-    reason = running.stop_reason
-    if reason is StopReason.CANCEL_REQUESTED:
-        return Outcome(RunStatus.CANCELLED, duration_ms, "cancelled on request")
-    if reason is StopReason.SHUTDOWN:
-        return None
+    if isinstance(error, EventLoopDied):
+        return Outcome(RunStatus.RELEASED, duration_ms, f"released: {error}")
+    if reason is not None and is_cancellation(error):
+        return Outcome(
+            RunStatus.RELEASED, duration_ms, f"released: stopped by its node ({reason.value})"
+        )
     return Outcome.from_exception(error, duration_ms)
 
 

@@ -114,6 +114,16 @@ class Recorder:
             )
         )
 
+    def count(self, ctx: JobContext) -> int:
+        """How many runs of this job have started (on any node)."""
+        return int(
+            self._retry(
+                sa.select(sa.func.count())
+                .select_from(self.table)
+                .where(self.table.c.job_key == ctx.job_key)
+            )
+        )
+
     def once(self, ctx: JobContext) -> None:
         self._retry(
             sa.insert(self.table).values(
@@ -154,7 +164,7 @@ class Slow(Job):
         deadline = time.monotonic() + float(ctx.params.get("seconds", 1))
         while time.monotonic() < deadline:
             if ctx.params.get("cooperative", True) and ctx.cancelled.wait(0.02):
-                raise RuntimeError("cancelled")
+                ctx.raise_if_cancelled()  # handed back (shutdown) or cancelled (cancel_job)
             time.sleep(0.01)
         RECORDER.finish(effect)
 
@@ -169,11 +179,13 @@ class Stubborn(Job):
 
 
 class Suicide(Job):
-    """Records its start, then kills its own process (a job that crashes its node)."""
+    """Records its start, then kills its own process (a job that crashes its node) on its first
+    ``params.die_times`` runs (a lost run keeps its attempt number, so runs are counted in the
+    effects table)."""
 
     def run(self, ctx: JobContext) -> None:
         RECORDER.start(ctx)
-        if ctx.attempt <= int(ctx.params.get("die_until_attempt", 1)):
+        if RECORDER.count(ctx) <= int(ctx.params.get("die_times", 1)):
             os._exit(17)
 
 

@@ -175,8 +175,8 @@ def test_shutdown_hands_an_async_job_back(
     assert probe.seen("cancelled") == [(key, True)]
     assert probe.seen("status_during_cleanup") == ["running"]
     record = s.get_job(key)
-    # Handed back, not failed: pending again, attempt counted, another node may take it at once.
-    assert record is not None and record.status is JobStatus.PENDING and record.attempt == 1
+    # Handed back, not failed: pending again, no attempt used up, another node may take it at once.
+    assert record is not None and record.status is JobStatus.PENDING and record.attempt == 0
     assert record.lease_id is None and record.consecutive_failures == 0
     assert [r.status for r in s.list_runs(key)] == [RunStatus.RELEASED]
 
@@ -219,16 +219,19 @@ def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
         heartbeat_interval=dt.timedelta(seconds=30), no_heartbeat_timeout=dt.timedelta(minutes=5)
     )
     seen: list[tuple[int, str]] = []
+    runs: list[int] = []
 
-    @s.one_time("fenced", retries=1)
+    @s.one_time("fenced")
     async def fenced(ctx: JobContext) -> None:
-        if ctx.attempt > 1:
-            seen.append((ctx.attempt, "ran"))
+        runs.append(ctx.attempt)
+        run = len(runs)
+        if run > 1:
+            seen.append((run, "ran"))
             return
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            seen.append((ctx.attempt, f"cancelled={ctx.is_cancelled()}"))
+            seen.append((run, f"cancelled={ctx.is_cancelled()}"))
             raise
 
     with caplog.at_level(logging.WARNING, logger="pg_scheduler"), s:
@@ -243,11 +246,12 @@ def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
                 {"k": key},
             )
         s.maintenance.run_once(cleanup=False)
-        wait_until(lambda: (2, "ran") in seen)  # attempt 2 ran while attempt 1 still hangs
+        wait_until(lambda: (2, "ran") in seen)  # the rerun ran while the first run still hangs
         assert len(s.heartbeat.run_once().lost) == 1
         wait_until(lambda: (1, "cancelled=True") in seen)
         wait_until(lambda: len(s.inflight) == 0)
     record = s.get_job(key)
     assert record is not None and record.status is JobStatus.COMPLETED and record.last_error is None
     assert [r.status for r in s.list_runs(key)] == [RunStatus.COMPLETED, RunStatus.LOST]
+    assert runs == [1, 1], "the lost run used up no attempt (retries=0)"
     assert any(getattr(r, "event", "") == "job.lease_lost" for r in caplog.records)

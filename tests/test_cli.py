@@ -223,6 +223,23 @@ def test_jobs_list_when_empty(invoke: Invoke, on: list[str]) -> None:
     assert json.loads(invoke("jobs", "list", *on, "--json").stdout) == []
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_flags_work_before_and_after_the_subcommand(
+    invoke: Invoke, on: list[str], where: str
+) -> None:
+    args = ["jobs", "list", *on]
+    traced = invoke("--traceback", *args) if where == "before" else invoke(*args, "--traceback")
+    assert traced.exit_code == 0, traced.output
+    assert "no jobs in" in traced.stdout
+    version = invoke("--version", "nodes") if where == "before" else invoke("nodes", "--version")
+    assert version.exit_code == 0, version.output
+    assert "sqlalchemy-pg-scheduler" in version.stdout
+    # After a "--" nothing is a flag: it stays an argument of the subcommand.
+    literal = invoke("jobs", "show", *on, "--", "--traceback")
+    assert literal.exit_code == 1
+    assert "--traceback" in one_error_line(literal)
+
+
 def test_jobs_show_prints_every_field_the_error_and_the_runs(
     invoke: Invoke, on: list[str], engine: sa.Engine, models: Models
 ) -> None:
@@ -459,7 +476,7 @@ def test_missing_cli_extra_names_the_pip_command(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "pg-scheduler: error: the command-line interface needs click, which is not installed: "
-        "pip install 'pg-scheduler[cli]'"
+        "pip install 'sqlalchemy-pg-scheduler[cli]'"
     )
 
 
@@ -614,6 +631,54 @@ def test_worker_runs_the_app_and_stops_gracefully_on_a_signal(
     assert RunStatus.RUNNING.value not in statuses
 
 
+SLOW_APP = """
+import datetime as dt
+import sqlalchemy as sa
+from pg_scheduler import Scheduler, SchedulerConfig
+
+
+def create(url):
+    config = SchedulerConfig(
+        engine=sa.create_engine(url),
+        table_prefix={prefix!r},
+        shutdown_timeout=dt.timedelta(seconds=7),
+    )
+    scheduler = Scheduler(config)
+
+    @scheduler.one_time("slow")
+    def slow(ctx):
+        ctx.cancelled.wait(60)
+        ctx.raise_if_cancelled()
+
+    return scheduler
+"""
+
+
+@pytest.mark.slow
+def test_worker_first_ctrl_c_says_what_it_waits_for(
+    tmp_path: Path,
+    pg_scheduler_url: str,
+    engine: sa.Engine,
+    names: Names,
+    workers: list[Worker],
+) -> None:
+    (tmp_path / "slow_app.py").write_text(textwrap.dedent(SLOW_APP.format(prefix=names.prefix)))
+    worker = Worker(["slow_app:create", "--url", pg_scheduler_url], tmp_path, {})
+    workers.append(worker)
+    watch = observer(engine, names)
+    wait_until(watch.list_nodes, timeout=60, message="the worker's node")
+    key = watch.enqueue("slow")
+    wait_until(
+        lambda: (job := watch.get_job(key)) is not None and job.status == JobStatus.RUNNING,
+        timeout=30,
+        message="the slow job running",
+    )
+    assert worker.stop(signal.SIGINT) == 0, worker.output()
+    out = worker.output()
+    assert "waiting up to 7s for 1 running job to finish" in out, out
+    assert "Ctrl-C again" in out, out
+
+
 @pytest.mark.slow
 def test_worker_runs_an_async_app_from_an_async_factory(
     app_module: str,
@@ -696,13 +761,68 @@ def test_worker_falls_back_to_the_embedded_server_with_a_warning(
     assert "embedded PostgreSQL" in worker.output()
 
 
+def initdb_running(data_dir: Path) -> bool:
+    """Whether an initdb for ``data_dir`` is running (as any user): /proc, no extra tools."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"initdb") and str(data_dir).encode() in b" ".join(argv):
+            return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds initdb through /proc")
+@pytest.mark.parametrize("command", ["demo", "worker"])
+def test_ctrl_c_while_the_embedded_server_starts_says_interrupted(
+    command: str, tmp_path: Path
+) -> None:
+    (tmp_path / "plain_app.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from pg_scheduler import Scheduler, SchedulerConfig\n"
+        "def create(url):\n"
+        "    return Scheduler(SchedulerConfig(engine=sa.create_engine(url)))\n"
+    )
+    data_dir = tmp_path / "pg"
+    args = {"demo": ["demo"], "worker": ["worker", "plain_app:create"]}[command]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pg_scheduler.cli", *args, "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env={**os.environ, URL_ENV: ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: initdb_running(data_dir) or process.poll() is not None,
+            timeout=60,
+            interval=0.01,
+            message="initdb of the embedded server",
+        )
+        assert process.poll() is None, process.communicate()
+        # A terminal's Ctrl-C signals the whole foreground group: initdb dies of it too.
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, out + err
+    assert err.strip().splitlines()[-1] == "pg-scheduler: error: interrupted", err
+    assert "Traceback" not in err and "Failed postgres command" not in err, err
+
+
 @pytest.mark.parametrize(
     ("target", "code", "expected"),
     [
         ("no_such_module_xyz:app", 2, "cannot import module 'no_such_module_xyz'"),
         ("{module}", 2, "is not MODULE:ATTRIBUTE"),
         ("{module}:nope", 2, "has no attribute 'nope'"),
-        ("{module}:number", 2, "is a int, not a pg_scheduler Scheduler"),
+        ("{module}:number", 2, "is an int, not a pg_scheduler Scheduler"),
         ("{module}:not_a_scheduler", 2, "returned a str, not a pg_scheduler Scheduler"),
         ("{module}:elsewhere", 2, "brings its own engine on postgresql+psycopg://x@elsewhere"),
     ],

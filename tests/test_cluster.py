@@ -18,6 +18,7 @@ from pg_scheduler import JobStatus
 from pg_scheduler.models import Models
 from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import wait_until
+from pg_scheduler.views import jobs_table
 from tests.cluster import FAST, Cluster
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,10 @@ def test_four_nodes_run_every_tick_exactly_once(cluster: Cluster) -> None:
 def test_a_killed_nodes_job_is_finished_by_another(
     cluster: Cluster, engine: sa.Engine, models: Models
 ) -> None:
+    """A lost run is not a failure: with retries=0 the job still runs again elsewhere, with the
+    same attempt number, and the attempt shown stays within its budget (no "2/1")."""
     nodes = [cluster.start(name, jobs=["slow"]) for name in ("a", "b")]
-    key = enqueue(engine, models, "slow", {"seconds": 2})
+    key = enqueue(engine, models, "slow", {"seconds": 2}, retries=0)
     wait_until(lambda: cluster.scalar(f"SELECT count(*) FROM {cluster.effects}") == 1)
     first = cluster.scalar(f"SELECT node FROM {cluster.effects}")
     a = next(n for n in nodes if n.node_id == first)
@@ -80,18 +83,23 @@ def test_a_killed_nodes_job_is_finished_by_another(
     wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=60)
     recovered_in = time.monotonic() - killed_at
     effects = cluster.query(
-        f"SELECT attempt, node, finished_at IS NOT NULL FROM {cluster.effects} ORDER BY attempt"
+        f"SELECT attempt, node, finished_at IS NOT NULL FROM {cluster.effects} ORDER BY id"
     )
-    assert [(e[0], e[2]) for e in effects] == [(1, False), (2, True)]
+    assert [(e[0], e[2]) for e in effects] == [(1, False), (1, True)]
     assert effects[1][1] == b.node_id
     # no_heartbeat_timeout + one maintenance pass + the job's own 2 s, with slack for CI.
     bound = FAST["no_heartbeat_timeout"] + FAST["heartbeat_interval"] + 2 + 3
     assert recovered_in < bound
     runs = cluster.query(
-        f"SELECT attempt, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY attempt",
+        f"SELECT attempt, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY id",
         k=key,
     )
-    assert runs == [(1, "lost"), (2, "completed")]
+    assert runs == [(1, "lost"), (1, "completed")]
+    with Session(engine) as session:
+        record = JobRepository(session, models).get(key)
+    assert record is not None
+    assert (record.attempt, record.max_retries, record.lost_leases) == (1, 0, 0)
+    assert list(jobs_table([record]).columns[3].cells) == ["1/1"]  # as `jobs list` shows it
 
 
 def test_a_paused_node_cannot_overwrite_its_successor(
@@ -106,7 +114,7 @@ def test_a_paused_node_cannot_overwrite_its_successor(
     a.send(signal.SIGSTOP)
     wait_until(lambda: job_status(engine, models, key) is JobStatus.COMPLETED, timeout=60)
     completed = cluster.query(
-        f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY attempt",
+        f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY id",
         k=key,
     )
     a.send(signal.SIGCONT)
@@ -114,14 +122,14 @@ def test_a_paused_node_cannot_overwrite_its_successor(
     wait_until(lambda: "outcome dropped" in a.log(), timeout=45, message="A drops its outcome")
     assert "[job.lease_lost]" in a.log()
     after = cluster.query(
-        f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY attempt",
+        f"SELECT lease_id, status FROM {cluster.names.runs_table} WHERE job_key = :k ORDER BY id",
         k=key,
     )
     assert after == completed and [s for _, s in after] == ["lost", "completed"]
     record = cluster.query(
         f"SELECT status, attempt, node_id FROM {cluster.names.jobs_table} WHERE key = :k", k=key
     )
-    assert record == [("completed", 2, b.node_id)]
+    assert record == [("completed", 1, b.node_id)]  # the lost run used up no attempt
     # The stale copy did finish its side effect: execution is at-least-once, as documented.
     assert (
         cluster.scalar(f"SELECT count(*) FROM {cluster.effects} WHERE finished_at IS NOT NULL") == 2

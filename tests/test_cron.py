@@ -255,6 +255,55 @@ def test_seconds_come_first() -> None:
     assert CronSchedule.parse("* * * * * *").next_after(NOW) == NOW + timedelta(seconds=1)
 
 
+SECONDS_LAST = [
+    # (expression, what seconds-last means written seconds first, the weekdays by name)
+    ("* * * * * */5", "*/5 * * * * *", "* * * * * SUN,FRI"),
+    ("* * * * * 30", "30 * * * * *", None),  # 30 is no weekday: refused already, now explained
+    ("*/5 * * * * 0", "0 */5 * * * *", "*/5 * * * * SUN"),
+    ("* * * * * 1-5", "1-5 * * * * *", "* * * * * MON,TUE,WED,THU,FRI"),
+    ("*/2 * * * * 10-20", "10-20 */2 * * * *", None),
+]
+
+
+@pytest.mark.parametrize(("expression", "seconds_last", "named"), SECONDS_LAST)
+def test_seconds_last_shapes_are_refused_with_both_readings(
+    expression: str, seconds_last: str, named: str | None
+) -> None:
+    with pytest.raises(InvalidCronError) as caught:
+        CronSchedule.parse(expression)
+    reason = caught.value.reason
+    assert "seconds FIRST" in reason or "read seconds first" in reason
+    assert f"write {seconds_last!r}" in reason
+    # Both suggested spellings are valid and mean what they say.
+    assert CronSchedule.parse(seconds_last).has_seconds
+    if named is not None:
+        assert f"name them: {named!r}" in reason
+        assert CronSchedule.parse(named).has_seconds
+
+
+def test_seconds_last_rewrite_means_every_five_seconds() -> None:
+    with pytest.raises(InvalidCronError) as caught:
+        CronSchedule.parse("* * * * * */5")
+    rewrite = caught.value.reason.split("write ")[1].split(";")[0].strip("'")
+    ticks = CronSchedule.parse(rewrite).ticks_between(NOW, NOW + timedelta(seconds=20))
+    assert [t.second for t in ticks] == [5, 10, 15, 20]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "* * * * * SUN,FRI",  # weekdays by name are taken as meant
+        "*/10 * * * * MON-FRI",
+        "0 */5 * * * 1",  # once a minute at most: seconds first is the likely reading
+        "30 0 9 * * 1-5",
+        "* * * * * *",
+        "* * * * * 1#2",  # '1#2' is no seconds field: only the seconds-first reading is valid
+    ],
+)
+def test_unambiguous_six_field_shapes_are_accepted(expression: str) -> None:
+    assert CronSchedule.parse(expression).has_seconds
+
+
 def test_next_after_excludes_its_start_and_ignores_microseconds() -> None:
     schedule = CronSchedule.parse("*/5 * * * *")
     assert schedule.next_after(utc(2023, 5, 1, 10, 5)) == utc(2023, 5, 1, 10, 10)

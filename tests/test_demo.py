@@ -16,8 +16,8 @@ import pytest
 from pg_scheduler.testing import wait_until
 
 VERDICT = re.compile(
-    r"demo (?P<word>OK|FAILED)(?P<note> \(interrupted\))?: (?P<ticks>\d+) ticks run, "
-    r"(?P<duplicates>\d+) duplicate ticks, (?P<overlapping>\d+) overlapping runs, "
+    r"demo (?P<word>OK|FAILED)(?P<note> \(interrupted\))?: (?P<ticks>\d+) ticks? run, "
+    r"(?P<duplicates>\d+) duplicate ticks?, (?P<overlapping>\d+) overlapping runs?, "
     r"(?P<jobs_ok>\d+)/(?P<jobs>\d+) one-time jobs as expected, "
     r"(?P<nodes_ok>\d+)/(?P<nodes>\d+) nodes stopped cleanly"
 )
@@ -126,3 +126,71 @@ def test_demo_stops_gracefully_on_ctrl_c_and_still_prints_the_summary(
     assert code == 0, output
     v = assert_proved(output)
     assert v["note"] == " (interrupted)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_live_view_fits_an_80x24_terminal(pg_scheduler_url: str, tmp_path: Path) -> None:
+    """The demo in a real pseudo-terminal of 80x24, its output fed to a terminal emulator: the
+    screen shows the jobs and the recent runs, with every job's line whole."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    import pyte
+
+    screen = pyte.Screen(80, 24)
+    stream = pyte.ByteStream(screen)
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**environment(), "TERM": "xterm", "COLUMNS": "80", "LINES": "24"}
+    process = subprocess.Popen(
+        demo_command("--duration", "30", "--url", pg_scheduler_url, "--data-dir", str(tmp_path)),
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    seen: list[list[str]] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal's last writer is gone
+                return
+            if not chunk:
+                return
+            stream.feed(chunk)
+            seen.append(list(screen.display))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def settled() -> list[str] | None:
+        for display in reversed(seen[-20:]):
+            text = "\n".join(display)
+            if "recent runs" in text and "completed   3/3" in text:
+                return display
+        return None
+
+    try:
+        display = wait_until(settled, timeout=TIMEOUT, message="the live view with every job")
+        process.send_signal(signal.SIGINT)
+        process.wait(TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(10)
+        os.close(controller)
+    text = "\n".join(display)
+    assert re.search(r"pg-scheduler demo\s+\d+/30s\s+ticks \d+\s+twice 0", text), text
+    # One line per job, none folded: every one-time job shows its name and its status.
+    for name in ("flaky_import", "resize_image", "send_email"):
+        assert re.search(rf"^{name}#…\w{{4}}\s+(pending|running|completed|failed)", text, re.M), (
+            text
+        )

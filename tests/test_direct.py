@@ -225,10 +225,9 @@ def test_async_scheduler_goes_direct_on_psycopg_async(
             async def job(ctx: Any) -> None:
                 ran.append(ctx.params)
 
-            async with s:
-                key = await s.enqueue("direct.async", PARAMS)
-                assert await s.run_pending() == 1
-                record = await s.get_job(key)
+            key = await s.enqueue("direct.async", PARAMS)
+            assert len(await s.run_pending()) == 1
+            record = await s.get_job(key)
         assert ran == [PARAMS]
         assert record is not None and record.status is JobStatus.COMPLETED
 

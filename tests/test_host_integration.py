@@ -24,13 +24,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import alembic
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import Scheduler, SchedulerConfig, migrations
-from pg_scheduler.errors import MigrationError
+from pg_scheduler.cli import CliError, Database
+from pg_scheduler.errors import MigrationError, SchemaVersionMismatchError
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
 
@@ -161,11 +163,14 @@ def write_host(root: Path, pattern: str, prefix: str) -> None:
     (root / "host_app.py").write_text(textwrap.dedent(HOST_APP))
     (root / "migrations" / "env.py").write_text(textwrap.dedent(HOST_ENV))
     (versions / "host_0001_customers.py").write_text(textwrap.dedent(HOST_REVISION))
+    # The revision template `alembic init` writes.
+    template = Path(alembic.__file__).parent / "templates" / "generic" / "script.py.mako"
+    (root / "migrations" / "script.py.mako").write_text(template.read_text())
     locations = "%(here)s/migrations/versions"
     if pattern == "B":
-        # Works from a wheel and from a checkout alike; from a wheel the package form
-        # "pg_scheduler:_alembic/versions" works too (with path_separator = space, never "os").
-        locations += " " + str(Path(migrations.script_location()) / "versions")
+        # The README's form: the package resource, the same in a wheel and in an editable install
+        # (with path_separator = space, never "os").
+        locations += " pg_scheduler:_alembic/versions"
     (root / "alembic.ini").write_text(
         textwrap.dedent(
             f"""\
@@ -335,3 +340,78 @@ def test_pattern_b_install_is_recognised_at_run_time(host_b: Host) -> None:
     # Moving a branch install is the host's job: our API says so instead of failing half-way.
     with pytest.raises(MigrationError, match="alembic downgrade pg_scheduler@"):
         migrations.downgrade(host_b.engine, names=names)
+
+
+HOST_ORDERS = """
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(sa.ForeignKey("customers.id"))
+"""
+
+
+def test_pattern_b_autogenerate_in_the_order_the_readme_gives(host_b: Host) -> None:
+    """The README's order for a host's ``alembic revision --autogenerate`` under pattern B:
+    ``alembic upgrade heads`` first, then the revision on the host's own branch, then
+    ``alembic upgrade heads`` again. The revision lands in the host's versions directory (never
+    in pg_scheduler's) and holds only the host's change."""
+    with (host_b.root / "host_app.py").open("a") as app:
+        app.write(textwrap.dedent(HOST_ORDERS))
+    autogenerate = ("revision", "--autogenerate", "--head", "app@head", "-m", "orders")
+
+    # Skipping the first step is what the README warns about.
+    early = host_b.alembic(*autogenerate)
+    assert early.returncode != 0
+    assert "Target database is not up to date" in early.stdout + early.stderr
+
+    host_b.ok("upgrade", "heads")
+    host_b.ok(*autogenerate)
+    ours = Path(migrations.script_location()) / "versions"
+    assert not [p for p in ours.glob("*orders*")], "written into pg_scheduler's revisions"
+    (written,) = (host_b.root / "migrations" / "versions").glob("*_orders.py")
+    source = written.read_text()
+    assert "op.create_table('orders'" in source or 'op.create_table("orders"' in source
+    assert host_b.names.jobs_table not in source  # nothing of ours proposed
+    assert "Revises: host_0001" in source  # on the host's branch, not ours
+
+    host_b.ok("upgrade", "heads")
+    assert "orders" in host_b.tables()
+    assert "No new upgrade operations detected" in host_b.ok("check")
+    assert len(host_b.host_versions()) == 2  # the host's new head and ours
+
+
+def test_a_pattern_b_install_behind_names_the_hosts_alembic_command(host_b: Host) -> None:
+    names = host_b.names
+    host_b.ok("upgrade", "heads")
+    host_b.ok("downgrade", "pg_scheduler@-1")
+    with pytest.raises(SchemaVersionMismatchError) as info:
+        migrations.check_schema(host_b.engine, names)
+    message = str(info.value)
+    assert "alembic upgrade heads" in message, message
+    assert "pg-scheduler db upgrade" not in message, message
+    config = SchedulerConfig(engine=host_b.engine, table_prefix=names.prefix)
+    with pytest.raises(SchemaVersionMismatchError, match="alembic upgrade heads"):
+        Scheduler(config).start()
+    # The command line's check says the same (`pg-scheduler db upgrade` would install a second,
+    # pattern A copy of the history next to the host's).
+    with pytest.raises(CliError) as cli_info:
+        Database(sa.make_url(host_b.url), names).require_schema(host_b.engine)
+    assert "alembic upgrade heads" in str(cli_info.value), cli_info.value
+    assert "db upgrade" not in str(cli_info.value), cli_info.value
+
+
+def test_pattern_b_first_own_revision_in_the_order_the_readme_gives(host_b: Host) -> None:
+    """A host with no revision of its own yet: ``alembic upgrade heads`` (ours only), then the
+    README's first-revision command, which starts the host's own branch in its own directory."""
+    (host_b.root / "migrations" / "versions" / "host_0001_customers.py").unlink()
+    host_b.ok("upgrade", "heads")
+    host_b.ok("revision", "--autogenerate", "--head", "base", "--branch-label", "app",
+              "--version-path", "migrations/versions", "-m", "customers")  # fmt: skip
+    (written,) = (host_b.root / "migrations" / "versions").glob("*_customers.py")
+    source = written.read_text()
+    assert "create_table('customers'" in source or 'create_table("customers"' in source
+    assert host_b.names.jobs_table not in source
+    host_b.ok("upgrade", "heads")
+    assert "customers" in host_b.tables()
+    assert "No new upgrade operations detected" in host_b.ok("check")

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pg_scheduler import migrations
+from pg_scheduler import __version__, migrations
 from pg_scheduler.errors import (
     MigrationError,
     SchemaNotInstalledError,
@@ -798,7 +798,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         timeout=600,
     )
-    (built,) = out.glob("pg_scheduler-*.whl")
+    (built,) = out.glob("sqlalchemy_pg_scheduler-*.whl")
     return built
 
 
@@ -873,6 +873,22 @@ def test_the_installed_wheel_upgrades_from_the_command_line(
     url = pg_scheduler_server.url_for("psycopg")
     names = cleanup(Names(unique("w") + "_"))
     pg_scheduler = str(bin_dir / "pg-scheduler")
+    version = run(pg_scheduler, "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"pg-scheduler (sqlalchemy-pg-scheduler) {__version__}"
+
+    # Pattern B from the wheel: the package form of version_locations finds our revisions.
+    host = tmp_path / "host"
+    (host / "migrations" / "versions").mkdir(parents=True)
+    (host / "migrations" / "env.py").write_text("")
+    (host / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\npath_separator = space\n"
+        "version_locations = %(here)s/migrations/versions pg_scheduler:_alembic/versions\n"
+    )
+    heads = run(str(bin_dir / "alembic"), "-c", str(host / "alembic.ini"), "heads")
+    assert heads.returncode == 0, heads.stderr
+    assert f"{migrations.head()} (pg_scheduler) (head)" in heads.stdout, heads.stdout
+
     done = run(pg_scheduler, "db", "upgrade", "--url", url, "--table-prefix", names.prefix)
     assert done.returncode == 0, done.stdout + done.stderr
     assert migrations.current(engine, names=names) == migrations.head()

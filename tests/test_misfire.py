@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from pg_scheduler import Job, JobConfig, JobContext, RunStatus
 from pg_scheduler.models import Models
+from pg_scheduler.registry import schedule
 from pg_scheduler.testing import wait_until
 
 
@@ -42,7 +43,10 @@ def back_date(engine: sa.Engine, models: Models, name: str, seconds: int) -> dt.
 def schedule_while_down(
     s: Any, engine: sa.Engine, models: Models, job: Ticks, late: int
 ) -> dt.datetime:
-    s.schedule_job(job)
+    # The row as a node that ran earlier wrote it (schedule_job before start() only declares).
+    s.register(job)
+    with s.transaction() as repo:
+        schedule(repo, job.config)
     return back_date(engine, models, job.name, late)
 
 

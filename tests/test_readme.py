@@ -2,6 +2,10 @@
 
 Each runs in a fresh process against the test server, in a schema of its own (through the
 connection's search_path), so examples that install tables leave nothing behind.
+
+The blocks starting with ``# file: NAME`` (the "Testing your application" section) are the files
+of a user's test suite: written as they are into an empty directory and run by pytest there,
+against the same server; every test in them must pass.
 """
 
 from __future__ import annotations
@@ -21,10 +25,34 @@ from pg_scheduler.testing import TestServer
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"```python\n(# example: (\S+)\n.*?)```", re.DOTALL)
 EXAMPLES = {name: code for code, name in BLOCK.findall(README.read_text())}
+FILE_BLOCK = re.compile(r"```python\n(# file: (\S+)\n.*?)```", re.DOTALL)
+USER_SUITE = {name: code for code, name in FILE_BLOCK.findall(README.read_text())}
 
 
 def test_the_readme_has_runnable_examples() -> None:
     assert {"quickstart", "jobs", "transactional"} <= set(EXAMPLES)
+    assert {"conftest.py", "test_signup.py"} <= set(USER_SUITE)
+
+
+def test_the_readmes_test_suite_passes_as_written(
+    pg_scheduler_server: TestServer, tmp_path: Path
+) -> None:
+    for name, code in USER_SUITE.items():
+        (tmp_path / name).write_text(code)
+    tests = sum(code.count("\ndef test_") for code in USER_SUITE.values())
+    env = {**os.environ, "PG_SCHEDULER_TEST_DSN": pg_scheduler_server.url}
+    env.pop("PG_SCHEDULER_TEST_DRIVER", None)  # the DSN's driver (psycopg: what the README uses)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", "."],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"the README's tests failed:\n{done.stdout}\n{done.stderr}"
+    assert f"{tests} passed" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -154,12 +154,29 @@ def _get(engine: sa.Engine, models: Models, key: str) -> Any:
 
 
 # --------------------------------------------------------------------------- recurring ticks
+def test_a_cancelled_run_turns_a_recurring_job_off_until_retried(
+    engine: sa.Engine, models: Models
+) -> None:
+    """cancel_job on a running recurring job ends the job as it would a pending one: cancelled,
+    no next tick, until retry_job."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine, models, job_type="recurring", cron=EVERY_MINUTE, scheduled_at=tick, attempt=1
+    )
+    with repository(engine, models) as repo:
+        result = repo.finish(claimed, Outcome(RunStatus.CANCELLED, 1, "cancelled on request"))
+    assert result.applied and result.status is JobStatus.CANCELLED
+    job = _get(engine, models, claimed.key)
+    assert (job.status, job.next_run) == (JobStatus.CANCELLED, None)
+    with repository(engine, models) as repo:
+        assert repo.retry_now(claimed.key).status is JobStatus.PENDING
+
+
 @pytest.mark.parametrize(
     ("outcome", "attempt", "max_retries"),
     [
         pytest.param(RunStatus.COMPLETED, 1, 0, id="success"),
         pytest.param(RunStatus.FAILED, 3, 2, id="retries-exhausted"),
-        pytest.param(RunStatus.CANCELLED, 1, 5, id="cancelled"),
         pytest.param(RunStatus.SKIPPED, 1, 0, id="skipped"),
     ],
 )
@@ -226,9 +243,10 @@ def test_recurring_misfire_all_runs_each_missed_tick(engine: sa.Engine, models: 
     assert result.next_run == tick + dt.timedelta(minutes=1)
 
 
-def test_rescue_of_an_exhausted_recurring_job_goes_back_to_its_schedule(
+def test_rescue_of_a_recurring_job_on_its_last_attempt_reruns_the_tick(
     engine: sa.Engine, models: Models
 ) -> None:
+    """A lost run is not a failure: with retries=0 the tick runs again, same attempt number."""
     tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
     claimed = running(
         engine,
@@ -244,13 +262,45 @@ def test_rescue_of_an_exhausted_recurring_job_goes_back_to_its_schedule(
         assert repo.rescue_stalled(dt.timedelta(minutes=5)).pending == (claimed.key,)
         now = repo.now()
     job = _get(engine, models, claimed.key)
+    assert (job.status, job.next_run, job.scheduled_at, job.attempt, job.lost_leases) == (
+        JobStatus.PENDING,
+        now,
+        tick,
+        0,
+        1,
+    )
+
+
+def test_rescue_of_a_poisoned_recurring_job_goes_back_to_its_schedule(
+    engine: sa.Engine, models: Models
+) -> None:
+    """The run that reaches ``max_lost_leases`` gives the tick up: the next tick, counts reset."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine,
+        models,
+        job_type="recurring",
+        cron=EVERY_MINUTE,
+        scheduled_at=tick,
+        attempt=1,
+        max_retries=0,
+        lost_leases=1,
+        heartbeat_at=ago(hours=1),
+    )
+    with repository(engine, models) as repo:
+        taken = repo.rescue_stalled(dt.timedelta(minutes=5), max_lost_leases=2)
+        assert taken.pending == (claimed.key,)
+        now = repo.now()
+    job = _get(engine, models, claimed.key)
     expected = CronSchedule.parse(EVERY_MINUTE).next_after(max(tick, now))
-    assert (job.status, job.next_run, job.scheduled_at, job.attempt) == (
+    assert (job.status, job.next_run, job.scheduled_at, job.attempt, job.lost_leases) == (
         JobStatus.PENDING,
         expected,
         expected,
         0,
+        0,
     )
+    assert job.last_error == "lost its lease 2 times (node died or hung); not retried"
 
 
 # --------------------------------------------------------------------------- enqueue and schedule
@@ -312,6 +362,26 @@ def test_upsert_recurring_keeps_next_run_and_never_disturbs_a_lease(
     assert after.next_run == before["next_run"] and after.heartbeat_at == before["heartbeat_at"]
     with repository(engine, models) as repo:
         assert repo.finish(claimed, Outcome(RunStatus.COMPLETED, 1)).applied
+
+
+def test_a_handed_back_tick_is_kept_by_a_reschedule_and_a_trigger(
+    engine: sa.Engine, models: Models
+) -> None:
+    """A tick handed back (attempt given back: 0) is a run in progress, not a tick still waiting:
+    a deploy that changes the cron, or a trigger, must not replace it."""
+    tick = minute_floor(db_now(engine)) - dt.timedelta(minutes=3)
+    claimed = running(
+        engine, models, job_type="recurring", cron=EVERY_MINUTE, name="tock", scheduled_at=tick
+    )
+    with repository(engine, models) as repo:
+        assert repo.release(NODE, [claimed.lease_id]).pending == ("tock",)
+    with repository(engine, models) as repo:
+        moved = repo.upsert_recurring(RecurringSpec("tock", CronSchedule.parse("0 5 * * *")))
+    assert (moved.attempt, moved.scheduled_at) == (0, tick)
+    assert moved.next_run is not None and moved.next_run <= db_now(engine), "still due now"
+    with repository(engine, models) as repo:
+        triggered = repo.trigger("tock")
+    assert triggered.scheduled_at == tick
 
 
 # --------------------------------------------------------------------------- retention cleanup

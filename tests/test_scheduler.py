@@ -172,7 +172,8 @@ def test_shutdown_records_finished_outcomes_and_hands_back_the_rest(
     assert time.monotonic() - t0 < 3
     assert status(s, quick_key) is JobStatus.COMPLETED
     back = s.get_job(stubborn_key)
-    assert back is not None and back.status is JobStatus.PENDING and back.attempt == 1
+    # Handed back: no attempt used up (the next run is attempt 1 again).
+    assert back is not None and back.status is JobStatus.PENDING and back.attempt == 0
     assert back.lease_id is None
     with engine.connect() as conn:
         running = conn.execute(
@@ -458,19 +459,16 @@ def test_an_enqueue_sent_twice_is_written_once(make_scheduler: Any) -> None:
 def test_run_pending_runs_what_is_due_and_returns_when_it_is_written(
     make_scheduler: Any,
 ) -> None:
-    # A node that would not look for work by itself for a minute (no LISTEN, no first pass).
-    s = make_scheduler(
-        job_check_interval=dt.timedelta(seconds=60), listen=False, run_immediately=False
-    )
+    # On a scheduler that is not started (a started one claims by itself: run_pending refuses).
+    s = make_scheduler()
     job = Recording(JobConfig.one_time("pending_now"))
     s.register(job)
-    with pytest.raises(errors.SchedulerStateError):
+    keys = [s.enqueue("pending_now", {"n": n}) for n in range(3)]
+    assert sorted(run.job_key for run in s.run_pending()) == sorted(keys)
+    assert [status(s, key) for key in keys] == [JobStatus.COMPLETED] * 3  # already written
+    assert s.run_pending() == []
+    with s, pytest.raises(errors.SchedulerStateError):
         s.run_pending()
-    with s:
-        keys = [s.enqueue("pending_now", {"n": n}) for n in range(3)]
-        assert s.run_pending() == 3
-        assert [status(s, key) for key in keys] == [JobStatus.COMPLETED] * 3  # already written
-        assert s.run_pending() == 0
 
 
 def test_a_failing_recurring_job_keeps_its_schedule(make_scheduler: Any) -> None:
@@ -610,7 +608,7 @@ def test_a_lost_lease_drops_the_late_outcome(
 
     def gated(ctx: JobContext) -> None:
         attempts.append(ctx.attempt)
-        if ctx.attempt == 1:
+        if len(attempts) == 1:
             gate.wait(10)
             raise RuntimeError("late failure of a stale attempt")
 
@@ -627,12 +625,12 @@ def test_a_lost_lease_drops_the_late_outcome(
                 {"k": key},
             )
         assert s.maintenance.run_once(cleanup=False).rescued == 1
-        wait_until(lambda: status(s, key) is JobStatus.COMPLETED)  # attempt 2, same node
+        wait_until(lambda: status(s, key) is JobStatus.COMPLETED)  # the rerun, same node
         result = s.heartbeat.run_once()
         assert len(result.lost) == 1
         gate.set()
         wait_until(lambda: len(s.inflight) == 0)
-    assert attempts == [1, 2]
+    assert attempts == [1, 1]  # the lost run used up no attempt
     record = s.get_job(key)
     assert record is not None and record.status is JobStatus.COMPLETED and record.last_error is None
     assert [r.status for r in s.list_runs(key)] == [RunStatus.COMPLETED, RunStatus.LOST]
@@ -664,20 +662,20 @@ def test_a_node_hung_inside_its_heartbeat_hands_its_job_back(
 
     def sticky(ctx: JobContext) -> None:
         attempts.append(ctx.attempt)
-        if ctx.attempt == 1:
+        if len(attempts) == 1:
             wake.wait(30)  # runs on the hung node until the end of the test
 
     first.one_time("sticky")(sticky)
     second.one_time("sticky")(sticky)
     try:
         with first:
-            key = first.enqueue("sticky", retries=1)  # a stalled attempt is retried
+            key = first.enqueue("sticky")  # a lost run runs again, whatever its retries
             wait_until(hung.is_set)
             with second:
-                # 1.5 s without a heartbeat, then a maintenance pass (0.3 s), then attempt 2 (on
+                # 1.5 s without a heartbeat, then a maintenance pass (0.3 s), then the rerun (on
                 # either node: the first one's poller is not hung).
                 wait_until(lambda: status(second, key) is JobStatus.COMPLETED, timeout=20)
-            assert attempts == [1, 2]
+            assert attempts == [1, 1]
             wake.set()
     finally:
         wake.set()
@@ -743,6 +741,9 @@ def test_dead_database_gives_a_clear_error(driver: str) -> None:
     ("field", "value", "message"),
     [
         ("max_concurrent_jobs", 0, "max_concurrent_jobs must be at least 1"),
+        ("max_lost_leases", 0, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", True, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", 2.5, "max_lost_leases must be an integer of at least 1"),
         ("heartbeat_interval", dt.timedelta(seconds=-1), "heartbeat_interval must be a positive"),
         ("heartbeat_interval", 30, "heartbeat_interval must be a datetime.timedelta"),
         ("no_heartbeat_timeout", dt.timedelta(seconds=40), "at least twice"),

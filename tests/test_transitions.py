@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from pg_scheduler import migrations, states
+from pg_scheduler.config import DEFAULT_MAX_LOST_LEASES
 from pg_scheduler.errors import InvalidStateError
 from pg_scheduler.models import Models, build_models
 from pg_scheduler.naming import Names
@@ -141,7 +142,7 @@ CASES = [
         states.ABORT,
         finish_with(RunStatus.CANCELLED),
         applied,
-        lambda t: JobStatus.CANCELLED if t is JobType.ONE_TIME else JobStatus.PENDING,
+        always(JobStatus.CANCELLED),  # a recurring job too: off until retry_job
         setup={"cancel_requested": True, "max_retries": 3},
         run_status=RunStatus.CANCELLED,
     ),
@@ -156,12 +157,29 @@ CASES = [
         run_status=RunStatus.LOST,
     ),
     Case(
-        "rescue-exhausted",
+        "rescue-last-attempt",
         states.RESCUE,
         lambda repo, rec: repo.rescue_stalled(STALL_TIMEOUT),
         lambda result: result.count == 1,
-        lambda t: JobStatus.FAILED if t is JobType.ONE_TIME else JobStatus.PENDING,
+        # A lost run is not a failure: it runs again whatever its retries.
+        always(JobStatus.PENDING),
         setup={"heartbeat_at": ago(hours=1), "attempt": 1, "max_retries": 0},
+        bystander={"heartbeat_at": ago(seconds=1)},
+        run_status=RunStatus.LOST,
+    ),
+    Case(
+        "rescue-poisoned",
+        states.RESCUE,
+        lambda repo, rec: repo.rescue_stalled(STALL_TIMEOUT),
+        lambda result: result.count == 1,
+        # Its runs lost their lease max_lost_leases times: given up (recurring: the next tick).
+        lambda t: JobStatus.FAILED if t is JobType.ONE_TIME else JobStatus.PENDING,
+        setup={
+            "heartbeat_at": ago(hours=1),
+            "attempt": 1,
+            "max_retries": 5,
+            "lost_leases": DEFAULT_MAX_LOST_LEASES - 1,
+        },
         bystander={"heartbeat_at": ago(seconds=1)},
         run_status=RunStatus.LOST,
     ),
@@ -264,7 +282,7 @@ DESIGNED = {
     "reschedule": ({R}, {P}),
     "retry": ({R}, {P}),
     "fail": ({R}, {F}),
-    "abort": ({R}, {X, P}),
+    "abort": ({R}, {X}),
     "rescue": ({R}, {P, F}),
     "release": ({R}, {P}),
     "cancel": ({P}, {X}),
@@ -377,11 +395,19 @@ def check_effects(
         assert new["next_run"] < old["next_run"]
     if t is states.RETRY_NOW:
         assert new["attempt"] == 0 and new["finished_at"] is None
-    if t in (states.RESCUE, states.RELEASE) and new["status"] == JobStatus.PENDING.value:
-        stalled_out = t is states.RESCUE and old["attempt"] > old["max_retries"]
-        if record.job_type is JobType.RECURRING and stalled_out:
-            # Out of attempts for this tick: back to the schedule, not a retry of the tick.
-            assert new["attempt"] == 0
+    if t in (states.RESCUE, states.RELEASE):
+        lost = t is states.RESCUE
+        poisoned = lost and old["lost_leases"] + 1 >= DEFAULT_MAX_LOST_LEASES
+        if record.job_type is JobType.RECURRING and poisoned:
+            # Its runs keep being lost: back to the schedule, not a rerun of the tick.
+            assert new["attempt"] == 0 and new["lost_leases"] == 0
             assert new["next_run"] > old["scheduled_at"]
+        elif poisoned:
+            assert new["attempt"] == old["attempt"], "given up: its last attempt stays shown"
+            assert new["last_error"] == (
+                f"lost its lease {DEFAULT_MAX_LOST_LEASES} times (node died or hung); not retried"
+            )
         else:
-            assert new["attempt"] == old["attempt"], "the lost attempt counts"
+            assert new["attempt"] == max(old["attempt"] - 1, 0), "no attempt used up"
+            assert new["lost_leases"] == old["lost_leases"] + lost
+            assert new["next_run"] is not None

@@ -53,7 +53,7 @@ JOIN LATERAL (
 ) r ON true
 WHERE j.job_type = 'one_time' AND j.status IN ('completed', 'failed')
   AND r.status <> j.status
-  AND NOT (j.status = 'failed' AND r.status = 'lost')  -- rescued on its last attempt
+  AND NOT (j.status = 'failed' AND r.status = 'lost')  -- given up: max_lost_leases lost runs
 """
 
 

@@ -134,8 +134,8 @@ def test_rows_of_unknown_job_names_are_left_alone_until_the_orphan_rule(
             assert record is not None and record.status is JobStatus.PENDING
             assert record.attempt == 0 and record.node_id is None  # never claimed
         update_job(engine, models, stranger.key, created_at=ago(minutes=11))
-        result = s.maintenance.run_once(cleanup=True)
-    assert result.orphans == 1
+        # The sweep runs on every pass: this one, or the background's if it came first.
+        s.maintenance.run_once()
     assert s.get_job(stranger.key) is None
     assert s.get_job(recent.key) is not None and s.get_job(elsewhere.key) is not None
 

@@ -95,12 +95,12 @@ def test_a_hung_job_keeps_its_slot_and_shutdown_hands_it_to_another_node(
         taken_over_s = time.monotonic() - started
         wait_until(lambda: status(b, key) is JobStatus.COMPLETED)
         runs = [(r.attempt, r.status.value) for r in reversed(b.list_runs(key))]
-        assert runs == [(1, "released"), (2, "completed")]
+        assert runs == [(1, "released"), (1, "completed")]  # the hand-back used no attempt
         print(f"[measured] hung job: shutdown_s={shutdown_s:.2f} taken_over_s={taken_over_s:.2f}")
     finally:
         gate.set()  # the hung thread ends; its late outcome is dropped (lease lost)
     record = b.get_job(key)
-    assert record is not None and record.status is JobStatus.COMPLETED and record.attempt == 2
+    assert record is not None and record.status is JobStatus.COMPLETED and record.attempt == 1
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,9 @@ def test_kill_after_the_side_effect_before_the_outcome_write_reruns_the_job(
     killed = time.monotonic()
     wait_until(lambda: status(c, key) == "completed", timeout=30, message="re-run elsewhere")
     recovered_s = since(killed)
-    assert effects(c, key) == [(1, a.node_id, True), (2, b.node_id, True)]
-    assert runs(c, key) == [(1, "lost"), (2, "completed")]
+    # The rerun has the same attempt number: the idempotency key repeats, as it should.
+    assert effects(c, key) == [(1, a.node_id, True), (1, b.node_id, True)]
+    assert runs(c, key) == [(1, "lost"), (1, "completed")]  # a lost run uses up no attempt
     c.stop_all()
     assert_invariants(c, horizon=HORIZON)
     write_measurement("kill -9 after side effect, before outcome", recovery_s=recovered_s)
@@ -90,7 +91,7 @@ def test_sigterm_with_short_and_long_jobs_in_flight(fault_cluster: Cluster) -> N
     )
     finished_s = since(signalled)
     for key in (stubborn, cooperative):
-        assert runs(c, key) == [(1, "released"), (2, "completed")]
+        assert runs(c, key) == [(1, "released"), (1, "completed")]  # no attempt used up
         assert [e[1] for e in effects(c, key)] == [a.node_id, b.node_id]
     assert "[job.released]" in a.log()
     c.stop_all()
@@ -107,7 +108,7 @@ def test_sigterm_with_short_and_long_jobs_in_flight(fault_cluster: Cluster) -> N
 def test_a_job_that_calls_os_exit(fault_cluster: Cluster) -> None:
     c = fault_cluster
     nodes = [c.start(n, jobs=["suicide"]) for n in ("p10_a", "p10_b")]
-    (key,) = enqueue_many(c, "suicide", [{"die_until_attempt": 1}])
+    (key,) = enqueue_many(c, "suicide", [{"die_times": 1}])
     wait_until(lambda: any(n.proc.poll() is not None for n in nodes), timeout=30)
     died = time.monotonic()
     dead = next(n for n in nodes if n.proc.poll() is not None)
@@ -115,7 +116,7 @@ def test_a_job_that_calls_os_exit(fault_cluster: Cluster) -> None:
     assert dead.proc.returncode == 17
     wait_until(lambda: status(c, key) == "completed", timeout=30, message="rescued and re-run")
     recovered_s = since(died)
-    assert runs(c, key) == [(1, "lost"), (2, "completed")]
+    assert runs(c, key) == [(1, "lost"), (1, "completed")]  # a lost run uses up no attempt
     assert [e[1] for e in effects(c, key)] == [dead.node_id, survivor.node_id]
     c.stop_all()
     assert_invariants(c, horizon=HORIZON)
