@@ -395,11 +395,13 @@ def tuning_report(
     sweep, what each candidate drained."""
     lines = []
     for (lib, concurrency), settings in sorted(TUNED.items()):
-        if lib not in modules or (not settings and not sweeps.get(str(concurrency), {}).get(lib)):
+        if lib not in modules or (lib == report.OURS and not settings):
             continue
         shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "library defaults"
         tried = sweeps.get(str(concurrency), {}).get(lib)
-        source = "recorded best" if not swept or not tried else "best of this run's sweep"
+        source = "best of this run's sweep" if swept and tried else "recorded best"
+        if not settings and not tried:
+            source = "no recorded best"
         line = f"- {report.DISPLAY.get(lib, lib)}, drains at c={concurrency}: {shown} ({source}"
         if tried:
             line += "; swept: " + "; ".join(
