@@ -3,6 +3,13 @@
     python -m benchmarks                         # full sizes, every installed library
     python -m benchmarks --quick --only ours     # CI-sized, pg_scheduler alone (< 1 min)
     python -m benchmarks --url postgresql://... --json results.json --markdown RESULTS.md
+    python -m benchmarks --scenarios drain_c32 drain_c32_stale --rounds 3 --sweep
+
+Every drain runs twice: with fresh planner statistics (ANALYZE after the fill) and with stale
+ones (``_stale``: no ANALYZE, autovacuum off on the scenario's tables; see
+``benchmarks.peers._harness.STATS_MODES``). Each peer drains with its best settings for the
+concurrency: those recorded in its module (``BEST``), or with ``--sweep`` the best of a short
+drain with each of its candidate settings (``tuning_candidates``), measured in the same run.
 
 Starts its own embedded PostgreSQL 18 (with pg_stat_statements) unless ``--url`` is given; each
 scenario then works in a database of its own, created and dropped around it. Scenarios run one
@@ -49,6 +56,7 @@ class Sizes:
     rss_warmup: int
     claim_rows: int
     claim_samples: int
+    sweep_drain: int
 
 
 FULL = Sizes(
@@ -65,6 +73,7 @@ FULL = Sizes(
     rss_warmup=10_000,
     claim_rows=1_000_000,
     claim_samples=200,
+    sweep_drain=10_000,
 )
 QUICK = Sizes(
     bulk=2_000,
@@ -80,28 +89,86 @@ QUICK = Sizes(
     rss_warmup=500,
     claim_rows=10_000,
     claim_samples=20,
+    sweep_drain=300,
 )
 
 Call = Callable[[ModuleType, str, Sizes], Any]
 
 
-def _drain(concurrency: int, processes: int) -> Call:
+#: Each library's settings for a drain at a concurrency: ``(library, concurrency) -> settings``,
+#: filled by ``tune`` before the first drain at that concurrency.
+TUNED: dict[tuple[str, int], dict[str, Any]] = {}
+#: (concurrency, processes, stats) of each drain scenario.
+DRAINS: dict[str, tuple[int, int, str]] = {}
+
+
+def _drain(key: str, concurrency: int, processes: int, stats: str = "fresh") -> Call:
+    DRAINS[key] = (concurrency, processes, stats)
+
     def call(module: ModuleType, dsn: str, sizes: Sizes) -> Any:
         n = sizes.drain_concurrency_1 if concurrency == 1 else sizes.drain
-        return module.drain(dsn, n=n, concurrency=concurrency, processes=processes)
+        return module.drain(
+            dsn,
+            n=n,
+            concurrency=concurrency,
+            processes=processes,
+            stats=stats,
+            tuning=TUNED.get((module.NAME, concurrency)),
+        )
 
     return call
+
+
+def tune(
+    modules: dict[str, ModuleType], dsn: str, concurrency: int, sizes: Sizes, *, sweep: bool
+) -> dict[str, Any]:
+    """Settle each library's settings for drains at ``concurrency``: the recorded best, or with
+    ``sweep`` the fastest of one short drain (fresh statistics) per candidate. Returns what was
+    measured, for the report."""
+    measured: dict[str, Any] = {}
+    for lib, module in modules.items():
+        if (lib, concurrency) in TUNED:
+            continue
+        candidates = module.tuning_candidates(concurrency)
+        if not sweep or len(candidates) < 2:
+            TUNED[lib, concurrency] = module.best(concurrency)
+            continue
+        rates: list[tuple[float, dict[str, Any]]] = []
+        for settings in candidates:
+            began = time.monotonic()
+            try:
+                rate = module.drain(
+                    dsn, n=sizes.sweep_drain, concurrency=concurrency, tuning=settings
+                )
+            except Exception as exc:
+                print(f"[sweep c={concurrency}] {lib} {settings}: {exc}", file=sys.stderr)
+                continue
+            rates.append((rate, settings))
+            print(
+                f"[sweep c={concurrency}] {lib} {settings}: {rate:,.0f} jobs/s"
+                f" ({time.monotonic() - began:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if rates:
+            TUNED[lib, concurrency] = max(rates, key=lambda item: item[0])[1]
+            measured[lib] = [{"settings": settings, "jobs_per_s": rate} for rate, settings in rates]
+        else:
+            TUNED[lib, concurrency] = module.best(concurrency)
+    return measured
 
 
 #: (scenario key, libraries it applies to (None: all), call). Run in this order.
 SCENARIOS: list[tuple[str, tuple[str, ...] | None, Call]] = [
     ("enqueue_bulk", None, lambda m, dsn, s: m.enqueue_bulk(dsn, n=s.bulk)),
     ("enqueue_one_by_one", None, lambda m, dsn, s: m.enqueue_one_by_one(dsn, n=s.one_by_one)),
-    ("drain_c1", None, _drain(1, 1)),
-    ("drain_c8", None, _drain(8, 1)),
-    ("drain_c32", None, _drain(32, 1)),
-    ("drain_c32_p2", None, _drain(32, 2)),
-    ("drain_c32_p4", None, _drain(32, 4)),
+    ("drain_c1", None, _drain("drain_c1", 1, 1)),
+    ("drain_c1_stale", None, _drain("drain_c1_stale", 1, 1, "stale")),
+    ("drain_c8", None, _drain("drain_c8", 8, 1)),
+    ("drain_c32", None, _drain("drain_c32", 32, 1)),
+    ("drain_c32_stale", None, _drain("drain_c32_stale", 32, 1, "stale")),
+    ("drain_c32_p2", None, _drain("drain_c32_p2", 32, 2)),
+    ("drain_c32_p4", None, _drain("drain_c32_p4", 32, 4)),
     ("wakeup_now", None, lambda m, dsn, s: m.wakeup_latency(dsn, s.wake_samples, 0.0)),
     ("wakeup_1s", None, lambda m, dsn, s: m.wakeup_latency(dsn, s.wake_delayed_samples, 1.0)),
     ("cron", None, lambda m, dsn, s: m.cron_lateness(dsn, seconds=s.cron_seconds, nodes=2)),
@@ -126,12 +193,13 @@ SCENARIO_KEYS = tuple(key for key, _, _ in SCENARIOS)
 #: The scenarios with a ratio target, which ``--rounds`` repeats. Each round runs every library
 #: once, in turn, so a machine that slows down for a while (a shared VM does) weighs on every
 #: library alike; the table shows each library's median round.
-ROUNDED = ("enqueue_bulk", "enqueue_one_by_one", "drain_c32")
+ROUNDED = ("enqueue_bulk", "enqueue_one_by_one", "drain_c32", "drain_c32_stale")
 #: What ``--quick`` runs unless ``--scenarios`` says otherwise: one of each kind of figure.
 QUICK_SCENARIOS = (
     "enqueue_bulk",
     "enqueue_one_by_one",
     "drain_c32",
+    "drain_c32_stale",
     "drain_c32_p2",
     "wakeup_now",
     "cron",
@@ -202,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run each scenario with a ratio target this many times, libraries taking turns;"
         " report the median (default 1)",
     )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="before the drains at a concurrency, run a short drain with each of every peer's"
+        " candidate settings and use the fastest (default: the settings recorded in the peer's"
+        " module as its best)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure and raw sample here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     parser.add_argument(
@@ -233,10 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {key: {} for key, _, _ in plan}
     samples: dict[str, dict[str, list[float]]] = {}  # every round's figure, by scenario and library
+    sweeps: dict[str, dict[str, Any]] = {}  # by concurrency and library: each setting's jobs/s
     with database(args.url) as dsn:
         info = machine(dsn)
         idle_method = _harness.statement_count_method(dsn)
         for key, applies, call in plan:
+            if key in DRAINS:
+                concurrency = DRAINS[key][0]
+                swept = tune(modules, dsn, concurrency, sizes, sweep=args.sweep)
+                if swept:
+                    sweeps[str(concurrency)] = swept
             rounds = max(1, args.rounds) if key in ROUNDED else 1
             for round_ in range(rounds):
                 # Every other round in reverse order: none always runs first, or last.
@@ -274,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         loadavg_end=[round(x, 2) for x in load_end],
         idle_statements_counted_with=idle_method,
         seconds=round(elapsed, 1),
+        tuning=tuning_report(modules, sweeps, swept=args.sweep),
     )
     title = (
         f"{command}\n{info['nproc']} cores, load {load_start[0]:.2f} → {load_end[0]:.2f} "
@@ -282,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 200).print(report.render(rows, libraries, title))
+    for line in info["tuning"]:
+        print(line)
     for key, by_lib in results.items():
         for lib, value in by_lib.items():
             if isinstance(value, dict) and value.get("note"):
@@ -296,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": report.as_json(rows),
             "results": results,
             "rounds": samples,
+            "sweeps": sweeps,
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     if args.markdown:
@@ -303,10 +388,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tuning_report(
+    modules: dict[str, ModuleType], sweeps: dict[str, dict[str, Any]], *, swept: bool
+) -> list[str]:
+    """One line per (library, concurrency) with settings: what the drains ran with and, after a
+    sweep, what each candidate drained."""
+    lines = []
+    for (lib, concurrency), settings in sorted(TUNED.items()):
+        if lib not in modules or (lib == report.OURS and not settings):
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "library defaults"
+        tried = sweeps.get(str(concurrency), {}).get(lib)
+        source = "best of this run's sweep" if swept and tried else "recorded best"
+        if not settings and not tried:
+            source = "no recorded best"
+        line = f"- {report.DISPLAY.get(lib, lib)}, drains at c={concurrency}: {shown} ({source}"
+        if tried:
+            line += "; swept: " + "; ".join(
+                f"{', '.join(f'{k}={v}' for k, v in t['settings'].items())}"
+                f" {t['jobs_per_s']:,.0f} jobs/s"
+                for t in tried
+            )
+        lines.append(line + ")")
+    return lines
+
+
 def markdown_page(
     command: str, info: dict[str, Any], rows: list[report.Row], libraries: list[str]
 ) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    tuning = "\n".join(info.get("tuning", []))
     return (
         f"`{command}`\n\n"
         f"Machine: {info['nproc']} cores ({info['platform']}), Python {info['python']}, "
@@ -314,6 +425,7 @@ def markdown_page(
         f"at start, {info['loadavg_end'][0]:.2f} at end; {info['seconds']:.0f} s. "
         f"Versions: {versions}.\n\n"
         f"{report.markdown(rows, libraries)}\n"
+        + (f"\nPeer settings:\n\n{tuning}\n" if tuning else "")
     )
 
 

@@ -192,9 +192,26 @@ def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
     return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
 
 
-def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
+def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
+    """pg_scheduler runs with its defaults (``max_concurrent_jobs`` aside): nothing to sweep."""
+    return [{}]
+
+
+def best(concurrency: int) -> dict[str, Any]:
+    return {}
+
+
+def drain(
+    dsn: str,
+    n: int = 20000,
+    concurrency: int = 32,
+    processes: int = 1,
+    *,
+    stats: str = "fresh",
+    tuning: dict[str, Any] | None = None,
+) -> float:
     """Jobs/s for ``processes`` nodes (each ``concurrency``) to finish ``n`` queued jobs."""
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats)
 
 
 def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:

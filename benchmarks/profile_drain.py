@@ -57,15 +57,18 @@ def installed(url: str | None, name: str, *, pool_size: int = 5) -> Iterator[tup
             engine.dispose()
 
 
-def statements(dsn: str, dbname: str) -> list[tuple[str, int, float]]:
-    """(query, calls, total execution ms) of every statement run in ``dbname``."""
+def statements(dsn: str, dbname: str) -> list[tuple[str, int, float, int, int, int]]:
+    """(query, calls, total execution ms, WAL bytes, shared buffers dirtied, shared buffers hit
+    or read) of every statement run in ``dbname``: the last three do not move with the machine's
+    load, so they compare engines on a busy machine."""
     with _harness.admin_connection(dsn) as conn:
         rows = conn.execute(
-            "SELECT query, calls, total_exec_time FROM pg_stat_statements s"
+            "SELECT query, calls, total_exec_time, wal_bytes, shared_blks_dirtied,"
+            " shared_blks_hit + shared_blks_read FROM pg_stat_statements s"
             " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC",
             (dbname,),
         ).fetchall()
-    return [(str(q), int(c), float(t)) for q, c, t in rows]
+    return [(str(q), int(c), float(t), int(w), int(d), int(b)) for q, c, t, w, d, b in rows]
 
 
 def server_cpu_seconds(conn: Any) -> float | None:
@@ -174,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         tables = hot_updates(db, 3 * n)  # the job row twice (claim, outcome), the run row once
     if profiler:
         profiler.dump_stats(args.cprofile)
-    total = sum(calls for _, calls, _ in by_statement) - polls
-    server_ms = sum(ms for _, _, ms in by_statement)
+    total = sum(row[1] for row in by_statement) - polls
+    server_ms = sum(row[2] for row in by_statement)
     print(f"{n} jobs, concurrency {args.concurrency}: {n / elapsed:,.0f} jobs/s")
     user = (cpu.user - cpu_started.user) * 1e6 / n
     system = (cpu.system - cpu_started.system) * 1e6 / n
@@ -186,12 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server processes' CPU per job: {server_us:.0f} us (every backend and helper)")
     print(f"statements per job: {total / n:.3f} (watcher's {polls} polls excluded)")
     print(f"server execution time per job: {server_ms * 1000 / n:.0f} us (all statements)")
+    wal, dirtied, touched = (sum(row[i] for row in by_statement) / n for i in (3, 4, 5))
+    print(
+        f"per job (all statements): {wal:,.0f} B of WAL, {dirtied:.2f} buffers dirtied,"
+        f" {touched:.1f} buffers touched"
+    )
     for table, updates, hot in tables:
         print(f"  {table}: {updates:,} updates, {hot / max(updates, 1):.0%} HOT")
-    print("  per job   calls  us/job  statement")
-    for query, calls, ms in by_statement[:12]:
+    print("  per job   calls  us/job  WAL B/job  dirtied/job  statement")
+    for query, calls, ms, wal_bytes, dirtied_blocks, _ in by_statement[:12]:
         text = " ".join(query.split())[:100]
-        print(f"  {calls / n:7.3f} {calls:7d} {ms * 1000 / n:7.1f}  {text}")
+        print(
+            f"  {calls / n:7.3f} {calls:7d} {ms * 1000 / n:7.1f} {wal_bytes / n:10.0f}"
+            f" {dirtied_blocks / n:12.2f}  {text}"
+        )
     return 0
 
 

@@ -72,6 +72,7 @@ def ours_at_most(limit: float) -> Callable[[Row], bool | None]:
 
 TARGETS = (
     Target("drain_c32", "≥ 1.5x best peer", at_least_x_best_peer(1.5)),
+    Target("drain_c32_stale", "≥ 1.5x best peer", at_least_x_best_peer(1.5)),
     Target("enqueue_bulk", "≥ 1.0x best peer", at_least_x_best_peer(1.0)),
     Target("enqueue_one_by_one", "≥ 1.2x best peer", at_least_x_best_peer(1.2)),
     Target("wakeup_now_median", "≤ 5 ms", ours_at_most(5.0)),
@@ -120,8 +121,10 @@ def build_rows(results: dict[str, dict[str, Any]], libraries: list[str]) -> list
     add("enqueue_one_by_one", "enqueue, one by one", "jobs/s", True, lambda r: r)
     for key, label in (
         ("drain_c1", "drain, concurrency 1"),
+        ("drain_c1_stale", "drain, concurrency 1, stale statistics"),
         ("drain_c8", "drain, concurrency 8"),
         ("drain_c32", "drain, concurrency 32"),
+        ("drain_c32_stale", "drain, concurrency 32, stale statistics"),
         ("drain_c32_p2", "drain, 2 nodes x 32"),
         ("drain_c32_p4", "drain, 4 nodes x 32"),
     ):

@@ -26,6 +26,8 @@ disconnected is invalidated, as SQLAlchemy does.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,10 +102,15 @@ def execute(
     values: Mapping[str, Any],
     *,
     rows: bool = True,
+    settings: str | None = None,
 ) -> Sequence[Sequence[Any]]:
     """Run ``statement`` with ``values`` on ``conn``'s DBAPI cursor; returns its rows (none for a
     statement that returns no rows, or with ``rows=False``: a caller that does not read them
-    saves building them)."""
+    saves building them).
+
+    ``settings``: a statement that sets transaction-local settings (``set_config(..., true)``),
+    run first in the same transaction, so they hold for ``statement`` alone (see
+    ``_execute_with_settings``)."""
     params = statement.parameters(values)
     fairy = conn.connection
     dbapi_connection: Any = fairy.dbapi_connection
@@ -111,11 +118,18 @@ def execute(
     error_class = dialect.loaded_dbapi.Error
     cursor = _cursor(fairy.info, dbapi_connection)
     try:
+        if settings is not None:
+            return _execute_with_settings(
+                fairy.info,
+                dbapi_connection,
+                cursor,
+                statement.sql,
+                params,
+                settings=settings,
+                rows=rows,
+            )
         cursor.execute(statement.sql, params)
-        if not rows or cursor.description is None:
-            return ()
-        fetched: Sequence[Sequence[Any]] = cursor.fetchall()
-        return fetched
+        return _rows(cursor, rows)
     except error_class as exc:
         disconnected = dialect.is_disconnect(exc, dbapi_connection, cursor)
         if disconnected:
@@ -131,18 +145,116 @@ def execute(
         ) from exc
 
 
+def _rows(cursor: Any, rows: bool) -> Sequence[Sequence[Any]]:
+    if not rows or cursor.description is None:
+        return ()
+    fetched: Sequence[Sequence[Any]] = cursor.fetchall()
+    return fetched
+
+
+def _execute_with_settings(
+    info: dict[Any, Any],
+    dbapi_connection: Any,
+    cursor: Any,
+    sql: str,
+    params: Mapping[str, Any],
+    *,
+    settings: str,
+    rows: bool,
+) -> Sequence[Sequence[Any]]:
+    """``settings`` then ``sql`` in one transaction of the autocommit connection; ``sql``'s rows.
+
+    * psycopg2 binds values on the client and sends one simple query: two statements in one
+      query string are one implicit transaction, in one round trip.
+    * psycopg 3 (sync): both statements in one pipeline, one Sync after them: the extended
+      protocol runs what comes before a Sync as one transaction, in one round trip.
+    * psycopg 3 async (``AsyncScheduler``, through SQLAlchemy's adapter): the same pipeline on
+      the driver's own async connection, awaited from the adapter's greenlet.
+    * any other: ``BEGIN`` ... ``COMMIT`` around them.
+
+    Each is one transaction, so it holds through a transaction-pooling PgBouncer too."""
+    package = _package(dbapi_connection)
+    if package == "psycopg2":
+        cursor.execute(f"{settings}; {sql}", params)
+        return _rows(cursor, rows)
+    if package == "psycopg" and _pipeline_supported():
+        side = _cursor(info, dbapi_connection, _SETTINGS_CURSOR_KEY)
+        with dbapi_connection.pipeline():
+            side.execute(settings)
+            cursor.execute(sql, params)
+        return _rows(cursor, rows)
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if _package(driver) == "psycopg" and _pipeline_supported():
+        fetched: Sequence[Sequence[Any]] = _await(
+            _async_pipeline(driver, sql, params, settings=settings, rows=rows)
+        )
+        return fetched
+    cursor.execute("BEGIN")
+    try:
+        cursor.execute(settings)
+        cursor.execute(sql, params)
+        result = _rows(cursor, rows)
+        cursor.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cursor.execute("ROLLBACK")
+        raise
+    return result
+
+
+@functools.cache
+def _pipeline_supported() -> bool:
+    """Whether psycopg's libpq has pipeline mode (libpq 14 and later; psycopg's binary wheels
+    bring their own)."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
+def _package(connection: Any) -> str:
+    """The top-level package of a driver's connection class (psycopg's public classes say
+    ``psycopg``, psycopg2's ``psycopg2.extensions``)."""
+    return type(connection).__module__.split(".", 1)[0]
+
+
+async def _async_pipeline(
+    connection: Any, sql: str, params: Mapping[str, Any], *, settings: str, rows: bool
+) -> Sequence[Sequence[Any]]:
+    """``_execute_with_settings``'s pipeline on a psycopg ``AsyncConnection``."""
+    side = connection.cursor()
+    cursor = connection.cursor()
+    async with connection.pipeline():
+        await side.execute(settings)
+        await cursor.execute(sql, params)
+    if not rows or cursor.description is None:
+        return ()
+    fetched: Sequence[Sequence[Any]] = await cursor.fetchall()
+    return fetched
+
+
+def _await(awaitable: Any) -> Any:
+    """Run ``awaitable`` from the greenlet of SQLAlchemy's async adapter (``await_`` since
+    SQLAlchemy 2.1, ``await_only`` before)."""
+    from sqlalchemy.util import concurrency
+
+    run = getattr(concurrency, "await_", None) or concurrency.await_only
+    return run(awaitable)
+
+
 #: Where a pooled connection keeps its cursor for these statements (see ``_cursor``).
 _CURSOR_KEY = "pg_scheduler.direct_cursor"
+#: ... and the cursor that sets transaction-local settings in the same pipeline (psycopg 3).
+_SETTINGS_CURSOR_KEY = "pg_scheduler.direct_settings_cursor"
 
 
-def _cursor(info: dict[Any, Any], dbapi_connection: Any) -> Any:
+def _cursor(info: dict[Any, Any], dbapi_connection: Any, key: str = _CURSOR_KEY) -> Any:
     """The cursor these statements use on ``dbapi_connection``, opened once and kept in the
     pool's ``info`` for that DBAPI connection (SQLAlchemy empties it when the connection is
     closed or invalidated, so a new connection gets a new cursor): opening and closing a cursor
     per statement cost about as much as the statement's parameters and result together. A
     connection is used by one thread at a time, and a cursor stays usable after a failed
     statement."""
-    cursor = info.get(_CURSOR_KEY)
+    cursor = info.get(key)
     if cursor is None:
-        cursor = info[_CURSOR_KEY] = dbapi_connection.cursor()
+        cursor = info[key] = dbapi_connection.cursor()
     return cursor

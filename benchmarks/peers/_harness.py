@@ -172,6 +172,13 @@ class WorkerOptions:
 
     concurrency: int = 32
     cron: bool = False
+    #: The peer's own settings for this run (``name, value`` pairs; see ``tuning_candidates`` in each
+    #: peer module): empty for the library's defaults.
+    tuning: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.tuning)
 
 
 class PeerClient(Protocol):
@@ -429,12 +436,58 @@ async def _install(adapter: PeerAdapter, dsn: str) -> None:
     await adapter.install(dsn)
 
 
-def _prepare_tables(dsn: str) -> None:
-    # Same treatment for every peer before a timed consumer run: fresh planner statistics
-    # and no pending checkpoint work from the bulk insert.
+#: How the planner statistics stand when a timed drain starts (``run_drain``'s ``stats``).
+#: ``fresh``: ANALYZE after the fill. ``stale``: no ANALYZE, and autovacuum switched off on every
+#: table of the scenario's database before the fill, so that it cannot analyze them either: the
+#: backlog meets a table whose statistics are those of the empty table after install (a burst
+#: into a table that was empty an hour ago). Every library gets the same treatment.
+STATS_MODES = ("fresh", "stale")
+
+
+def _user_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg_toast%'"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _freeze_statistics(dsn: str) -> None:
+    """Autovacuum off on every table of the database (before a ``stale`` drain's fill)."""
     with admin_connection(dsn) as conn:
-        conn.execute("ANALYZE")
+        for table in _user_tables(conn):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+
+
+def stale_statistics(dsn: str) -> dict[str, Any]:
+    """Check that no table of the database has been analyzed (by hand or by autovacuum); returns
+    the tables that hold rows, with the planner's row estimate (-1: never analyzed)."""
+    with admin_connection(dsn) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = conn.execute(
+            "SELECT format('%I.%I', s.schemaname, s.relname), c.reltuples,"
+            " s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL, s.n_live_tup"
+            " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+        ).fetchall()
+    analyzed = [name for name, _, was_analyzed, _ in rows if was_analyzed]
+    if analyzed:
+        raise RuntimeError(f"stale statistics wanted, but analyzed: {', '.join(analyzed)}")
+    return {name: reltuples for name, reltuples, _, live in rows if live}
+
+
+def _prepare_tables(dsn: str, stats: str = "fresh") -> None:
+    # Same treatment for every peer before a timed consumer run: fresh planner statistics (or
+    # none, checked) and no pending checkpoint work from the bulk insert.
+    if stats not in STATS_MODES:
+        raise ValueError(f"stats={stats!r}: expected one of {STATS_MODES}")
+    with admin_connection(dsn) as conn:
+        if stats == "fresh":
+            conn.execute("ANALYZE")
         conn.execute("CHECKPOINT")
+    if stats == "stale":
+        stale_statistics(dsn)
 
 
 # --------------------------------------------------------------------------------------
@@ -476,12 +529,25 @@ def run_enqueue_one_by_one(adapter: PeerAdapter, dsn: str, n: int) -> float:
         return rate
 
 
-def run_drain(adapter: PeerAdapter, dsn: str, n: int, concurrency: int, processes: int) -> float:
+def run_drain(
+    adapter: PeerAdapter,
+    dsn: str,
+    n: int,
+    concurrency: int,
+    processes: int,
+    *,
+    stats: str = "fresh",
+    tuning: dict[str, Any] | None = None,
+) -> float:
+    """Jobs/s for ``processes`` workers to finish ``n`` jobs enqueued before they start, with the
+    planner statistics ``fresh`` or ``stale`` (see ``STATS_MODES``) and the peer's ``tuning``."""
     timeout_s = 120.0 + n / 50.0
     with bench_database(dsn, adapter.name) as db:
 
         async def fill() -> None:
             await adapter.install(db)
+            if stats == "stale":
+                _freeze_statistics(db)
             client = await adapter.open_client(db)
             try:
                 await client.enqueue_batch(n)
@@ -489,8 +555,8 @@ def run_drain(adapter: PeerAdapter, dsn: str, n: int, concurrency: int, processe
                 await client.close()
 
         _run(fill(), 120.0 + n / 100.0)
-        _prepare_tables(db)
-        options = WorkerOptions(concurrency=concurrency)
+        _prepare_tables(db, stats)
+        options = WorkerOptions(concurrency=concurrency, tuning=tuple((tuning or {}).items()))
         with (
             psycopg.connect(db, autocommit=True) as conn,
             WorkerGroup(adapter, db, options, processes) as group,

@@ -11,6 +11,9 @@ Configuration choices, library defaults unless stated:
   (documented option to fetch again as soon as a job completes; without it a worker only
   refills every ``polling_interval`` = 5 s).  ``polling_interval`` stays at its default.
 * Bulk enqueue: ``push_many`` (its default 1000-job transactions).
+* Tuned for the drains (``tuning_candidates``: what ``python -m benchmarks --sweep`` tries; ``BEST``: what
+  won the last sweep): the worker's ``send_outgoing_interval`` (how often it writes finished
+  jobs back; default 1 s) and the pool's ``max_connection_pool_size`` (default 10).
 * Finished = ``state = 'succeeded'``; chancy writes job results back in batches every
   second, so drain includes up to ~1 s of that write-behind.
 * Cron: the ``Cron`` plugin with ``poll_interval=1`` (default 60 s) and a 6-field
@@ -81,11 +84,31 @@ async def _tick(*, context: QueuedJob) -> None:
 _tick.__annotations__["context"] = QueuedJob
 
 
-def _app(dsn: str, *, cron: bool = False) -> Chancy:
+def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
+    """The settings a sweep tries at ``concurrency``: write-back every 1 s (default) or 0.1 s,
+    with the default pool (10) or one connection per concurrent job."""
+    pools = sorted({10, max(10, concurrency)})
+    return [
+        {"send_outgoing_interval": interval, "max_connection_pool_size": pool}
+        for interval in (1.0, 0.1)
+        for pool in pools
+    ]
+
+
+#: What won the last sweep, by concurrency (``--sweep`` measures it again).
+BEST: dict[int, dict[str, Any]] = {}
+
+
+def best(concurrency: int) -> dict[str, Any]:
+    return BEST.get(concurrency, {})
+
+
+def _app(dsn: str, *, cron: bool = False, max_pool: int | None = None) -> Chancy:
     # The Cron plugin is always present for migrations (one schema for every scenario) but
     # only polls in the cron scenario.
     plugins = [Cron(poll_interval=1)] if cron else []
-    return Chancy(dsn, plugins=plugins, log=_quiet_logger())
+    pool = {} if max_pool is None else {"max_connection_pool_size": max_pool}
+    return Chancy(dsn, plugins=plugins, log=_quiet_logger(), **pool)
 
 
 def _queue(concurrency: int) -> Queue:
@@ -117,9 +140,11 @@ class _Client:
 
 
 class _Worker:
-    def __init__(self, chancy: Chancy) -> None:
+    def __init__(self, chancy: Chancy, send_outgoing_interval: float | None = None) -> None:
         self.chancy = chancy
         self.worker = Worker(chancy, register_signal_handlers=False)
+        if send_outgoing_interval is not None:
+            self.worker.send_outgoing_interval = send_outgoing_interval
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -166,11 +191,12 @@ class Adapter:
         return _Client(chancy)
 
     async def make_worker(self, dsn: str, options: WorkerOptions) -> _Worker:
-        chancy = _app(dsn, cron=options.cron)
+        settings = options.settings
+        chancy = _app(dsn, cron=options.cron, max_pool=settings.get("max_connection_pool_size"))
         await chancy.pool.open()
         # Queue settings live in the database; upsert so this run's concurrency applies.
         await chancy.declare(_queue(options.concurrency), upsert=True)
-        return _Worker(chancy)
+        return _Worker(chancy, settings.get("send_outgoing_interval"))
 
     def finished_jobs_sql(self) -> str:
         return "SELECT count(*) FROM chancy_jobs WHERE state = 'succeeded'"
@@ -201,9 +227,19 @@ def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
     return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
 
 
-def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs."""
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+def drain(
+    dsn: str,
+    n: int = 20000,
+    concurrency: int = 32,
+    processes: int = 1,
+    *,
+    stats: str = "fresh",
+    tuning: dict[str, Any] | None = None,
+) -> float:
+    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
+    ``tuning`` (default: ``best(concurrency)``)."""
+    settings = best(concurrency) if tuning is None else tuning
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
 
 
 def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:

@@ -35,6 +35,28 @@ PROBE = "bench_probe"
 TICK = "bench_tick"
 PER_SECOND = "* * * * * *"
 BATCH_SIZE = 10  # pgqueuer's default dequeue batch
+SWEEP_BATCH_SIZES = (10, 16, 32, 64)
+
+
+def _default_batch(concurrency: int) -> int:
+    # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
+    return max(1, min(BATCH_SIZE, concurrency // 2))
+
+
+def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
+    """The settings a sweep tries at ``concurrency``: every swept batch size pgqueuer accepts
+    there, else its default rule (small concurrencies)."""
+    allowed = [b for b in SWEEP_BATCH_SIZES if concurrency >= 2 * b]
+    return [{"batch_size": b} for b in allowed] or [{"batch_size": _default_batch(concurrency)}]
+
+
+#: What won the last sweep, by concurrency (``--sweep`` measures it again).
+BEST: dict[int, dict[str, Any]] = {32: {"batch_size": 16}}
+
+
+def best(concurrency: int) -> dict[str, Any]:
+    return BEST.get(concurrency) or {"batch_size": _default_batch(concurrency)}
+
 
 # Records which nominal tick each scheduler pick consumed (see module docstring).
 _PICK_LOG_SQL = """
@@ -112,8 +134,7 @@ class _Worker:
 
     async def start(self) -> None:
         concurrency = self.options.concurrency
-        # pgqueuer requires max_concurrent_tasks >= 2 * batch_size.
-        batch_size = max(1, min(BATCH_SIZE, concurrency // 2))
+        batch_size = int(self.options.settings.get("batch_size", _default_batch(concurrency)))
         self.task = asyncio.create_task(
             self.pgq.run(batch_size=batch_size, max_concurrent_tasks=concurrency)
         )
@@ -185,9 +206,19 @@ def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
     return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
 
 
-def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs."""
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+def drain(
+    dsn: str,
+    n: int = 20000,
+    concurrency: int = 32,
+    processes: int = 1,
+    *,
+    stats: str = "fresh",
+    tuning: dict[str, Any] | None = None,
+) -> float:
+    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
+    ``tuning`` (default: ``best(concurrency)``)."""
+    settings = best(concurrency) if tuning is None else tuning
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
 
 
 def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:

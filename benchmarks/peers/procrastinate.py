@@ -2,7 +2,10 @@
 
 Configuration choices, all library defaults unless stated:
 
-* ``PsycopgConnector(conninfo=dsn)``: psycopg_pool's default pool size (4) per process.
+* ``PsycopgConnector(conninfo=dsn)``: psycopg_pool's default pool size (4) per process. The
+  worker's pool size (``pool_size``: its connections, which bound how many jobs it fetches and
+  finishes at once) is tuned for the drains: ``tuning_candidates`` lists what ``python -m benchmarks
+  --sweep`` tries, ``BEST`` what won the last sweep.
 * Workers: ``app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)``;
   polling interval 5 s, LISTEN/NOTIFY on, finished jobs kept (``delete_jobs="never"``),
   so "finished" is ``status = 'succeeded'``.
@@ -47,10 +50,26 @@ async def _tick(timestamp: int) -> None:
     report("tick", timestamp, started)
 
 
-def _build_app(dsn: str, *, cron: bool = False) -> App:
+def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
+    """The settings a sweep tries at ``concurrency``: the worker's pool size, from psycopg_pool's
+    default (4) up to one connection per concurrent job."""
+    sizes = sorted({4, *(s for s in (8, 16, 32) if s <= max(4, concurrency))})
+    return [{"pool_size": size} for size in sizes]
+
+
+#: What won the last sweep, by concurrency (``--sweep`` measures it again).
+BEST: dict[int, dict[str, Any]] = {}
+
+
+def best(concurrency: int) -> dict[str, Any]:
+    return BEST.get(concurrency, {})
+
+
+def _build_app(dsn: str, *, cron: bool = False, pool_size: int | None = None) -> App:
     # A fresh App per use: procrastinate binds tasks to an app and the app to one
     # connector, and every scenario works on its own database.
-    app = App(connector=PsycopgConnector(conninfo=dsn))
+    sizes = {} if pool_size is None else {"min_size": pool_size, "max_size": pool_size}
+    app = App(connector=PsycopgConnector(conninfo=dsn, **sizes))
     app.task(name=NOOP)(_noop)
     app.task(name=PROBE)(_probe)
     if cron:
@@ -131,7 +150,8 @@ class Adapter:
         return _Client(app)
 
     async def make_worker(self, dsn: str, options: WorkerOptions) -> _Worker:
-        app = _build_app(dsn, cron=options.cron)
+        pool_size = options.settings.get("pool_size")
+        app = _build_app(dsn, cron=options.cron, pool_size=pool_size)
         await app.open_async()
         return _Worker(app, options)
 
@@ -158,9 +178,19 @@ def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
     return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
 
 
-def drain(dsn: str, n: int = 20000, concurrency: int = 32, processes: int = 1) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs."""
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes)
+def drain(
+    dsn: str,
+    n: int = 20000,
+    concurrency: int = 32,
+    processes: int = 1,
+    *,
+    stats: str = "fresh",
+    tuning: dict[str, Any] | None = None,
+) -> float:
+    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
+    ``tuning`` (default: ``best(concurrency)``)."""
+    settings = best(concurrency) if tuning is None else tuning
+    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
 
 
 def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
