@@ -96,7 +96,9 @@ def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
 
 
 #: What won the last sweep, by concurrency (``--sweep`` measures it again).
-BEST: dict[int, dict[str, Any]] = {}
+BEST: dict[int, dict[str, Any]] = {
+    32: {"send_outgoing_interval": 0.1, "max_connection_pool_size": 10}  # the 2026-12-07 sweep
+}
 
 
 def best(concurrency: int) -> dict[str, Any]:

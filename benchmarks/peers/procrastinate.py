@@ -58,7 +58,7 @@ def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
 
 
 #: What won the last sweep, by concurrency (``--sweep`` measures it again).
-BEST: dict[int, dict[str, Any]] = {}
+BEST: dict[int, dict[str, Any]] = {32: {"pool_size": 4}}  # the 2026-12-07 sweep (RESULTS.md)
 
 
 def best(concurrency: int) -> dict[str, Any]:
