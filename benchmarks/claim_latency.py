@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args(argv)
-    if args.planner_settings == "off":
+    if args.planner_settings == "off":  # both forms the repository sends
+        repository.PLANNER_SETTINGS = sa.text("SELECT 1")
         repository.PLANNER_SETTINGS_SQL = "SELECT 1"
 
     started = time.monotonic()

@@ -55,15 +55,13 @@ now = sa.func.now
 #: 50 ms with 100,000). Without bitmap and sequential scans the only plan left is the in-order walk
 #: of the due index. JIT off: a disabled plan node's cost could otherwise cross ``jit_above_cost``
 #: and compile the statement (hundreds of ms); the claim is never worth compiling.
-PLANNER_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("enable_bitmapscan", "off"),
-    ("enable_seqscan", "off"),
-    ("jit", "off"),
+#: ``PLANNER_SETTINGS_SQL`` is transaction-local (``set_config(..., true)``): nothing leaks into the
+#: pool or past a transaction-pooling PgBouncer. A literal, as every SQL text here is.
+PLANNER_SETTINGS = sa.text(
+    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true),"
+    " set_config('jit', 'off', true)"
 )
-#: ``PLANNER_SETTINGS`` as one statement (transaction-local: nothing leaks into the pool).
-PLANNER_SETTINGS_SQL = "SELECT " + ", ".join(
-    f"set_config('{name}', '{value}', true)" for name, value in PLANNER_SETTINGS
-)
+PLANNER_SETTINGS_SQL: str = PLANNER_SETTINGS.text
 
 _S = TypeVar("_S")
 # Statements built once per (purpose, installation); see ``JobRepository._prebuilt``.
@@ -269,7 +267,7 @@ class JobRepository:
         on psycopg 3 and psycopg2, see ``direct.execute``; else an explicit BEGIN ... COMMIT)."""
         statement = self._prebuilt(name, build)
         if not self.direct:
-            self.session.execute(sa.text(PLANNER_SETTINGS_SQL))
+            self.session.execute(PLANNER_SETTINGS)
             return self._execute(statement, values).all()
         conn: sa.Connection = self.session  # type: ignore[assignment]
         if not direct.has_listeners(conn):
@@ -278,7 +276,7 @@ class JobRepository:
                 return direct.execute(conn, form, values, settings=PLANNER_SETTINGS_SQL)
         conn.exec_driver_sql("BEGIN")
         try:
-            conn.exec_driver_sql(PLANNER_SETTINGS_SQL)
+            conn.execute(PLANNER_SETTINGS)
             rows = conn.execute(statement, values).all()
             conn.exec_driver_sql("COMMIT")
         except BaseException:
@@ -1232,7 +1230,7 @@ class JobRepository:
         the jobs' delete read every expired entry of the finished index (270,000 to delete 1,000),
         and the runs' delete could hash-join a sequential scan of the whole runs table."""
         j, r = self.jobs.c, self.runs.c
-        self.session.execute(sa.text(PLANNER_SETTINGS_SQL))
+        self.session.execute(PLANNER_SETTINGS)
         old_jobs = (
             sa.select(j.key)
             .where(
