@@ -12,8 +12,8 @@ function the threaded scheduler calls too. What differs is only how this node wa
   well as ``ctx.cancelled``, and its outcome is written once its code has really stopped;
 - synchronous job code runs on worker threads, so it can never block the loop.
 
-Needs ``pip install 'sqlalchemy-pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs greenlet itself)
-and an async driver: asyncpg or psycopg 3.
+Needs ``pip install 'sqlalchemy-pg-scheduler[asyncio]'`` (SQLAlchemy 2.1 no longer installs
+greenlet itself) and an async driver: asyncpg or psycopg 3.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .aio_notify import AsyncListener
-from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller, running_loop
+from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
 from .aio_workers import AsyncWorkers
 from .config import SchedulerConfig
 from .errors import (
@@ -75,6 +75,7 @@ from .workers import (
     misfire_outcome,
     new_context,
     report_outcome,
+    running_loop,
 )
 
 T = TypeVar("T")
@@ -566,8 +567,8 @@ class AsyncScheduler:
         )
         if result is None:
             self.log.error(
-                "could not hand back the running jobs (%d); their leases will expire and another node will "
-                "rescue them",
+                "could not hand back the running jobs (%d); their leases will expire and "
+                "another node will rescue them",
                 len(leases),
                 extra={"event": "job.release_failed"},
             )

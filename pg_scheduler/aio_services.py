@@ -24,6 +24,7 @@ from .heartbeat import HeartbeatResult, renew, settle
 from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue, sweep
 from .poller import PollResult, claim_due, failure_delay, sleep_after
 from .records import ClaimedJob
+from .workers import running_loop
 
 if TYPE_CHECKING:
     from .aio import AsyncScheduler
@@ -239,11 +240,3 @@ class AsyncMaintenance(_Service):
             except Exception as exc:
                 self.scheduler.database_error("maintenance", exc, retry_in=interval)
             await self._sleep(interval)
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, if any."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .aio_services import running_loop
 from .jobs import Job, JobContext, is_async_callable
 from .outcomes import AsyncOutcomeWriter
 from .records import ClaimedJob
@@ -33,6 +32,7 @@ from .workers import (
     new_context,
     report_dropped,
     report_outcome,
+    running_loop,
     shutdown_hook_failed,
 )
 

@@ -40,7 +40,7 @@ from .naming import Names
 from .records import JobRecord, NodeRecord, RunRecord
 from .scheduler import Scheduler
 from .states import TERMINAL_STATUSES, JobStatus, RunStatus
-from .views import jobs_table, nodes_table, runs_table, status_text, when
+from .views import attempts_text, jobs_table, nodes_table, runs_table, status_text, when
 
 NAMES = Names(prefix="demo_")
 TICK = "tick"
@@ -483,11 +483,10 @@ def compact_view(snap: Snapshot, elapsed: float, duration: float | None, height:
     room = max(height - 8, 4)
     shown_jobs = snap.jobs[: max(room - 3, 1)]
     for job in shown_jobs:
-        tries = "" if job.max_retries is None else f"/{job.max_retries + 1}"
         jobs.add_row(
             short_key(job.key),
             status_text(job.status),
-            f"{job.attempt}{tries}",
+            attempts_text(job),
             when(job.next_run, date=False),
         )
     runs = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)

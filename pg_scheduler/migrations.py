@@ -333,7 +333,7 @@ def installed_as_branch(bind: Bind, *, names: Names) -> bool:
 
 BRANCH_UPGRADE_HINT = (
     "run `alembic upgrade heads` in the application's Alembic project (pg_scheduler is installed "
-    "there, as the 'pg_scheduler' branch of its history)"
+    f"there, as the 'pg_scheduler' branch of its history, in its {HOST_VERSION_TABLE} table)"
 )
 
 
@@ -404,14 +404,7 @@ def check_schema(bind: Bind, names: Names) -> None:
     where = names.qualified(names.jobs_table)
     if installed is None:
         raise not_installed(names)
-    if branch:
-        fix = (
-            "they are installed as the 'pg_scheduler' branch of the application's own Alembic "
-            f"history (its {HOST_VERSION_TABLE} table): run `alembic upgrade heads` in the "
-            "application's Alembic project"
-        )
-    else:
-        fix = how_to_install(names)
+    fix = BRANCH_UPGRADE_HINT if branch else how_to_install(names)
     if installed != expected:
         raise SchemaVersionMismatchError(
             f"pg_scheduler schema {where} is at revision {installed!r} but this version of "

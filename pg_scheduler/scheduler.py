@@ -70,6 +70,7 @@ from .workers import (
     new_context,
     report_dropped,
     report_outcome,
+    running_loop,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -525,8 +526,8 @@ class Scheduler:
 
         if not self._retry_database("release", release):
             self.log.error(
-                "could not hand back the running jobs (%d); their leases will expire and another node will "
-                "rescue them",
+                "could not hand back the running jobs (%d); their leases will expire and "
+                "another node will rescue them",
                 len(leases),
                 extra={"event": "job.release_failed"},
             )
@@ -696,7 +697,7 @@ class Scheduler:
                 job = self.registered_job(claimed[0].name)
                 assert job is not None  # only registered names are claimed
                 if job.is_async and loop is None:
-                    loop = CallingThreadLoop() if _running_loop() is None else self._own_loop()
+                    loop = CallingThreadLoop() if running_loop() is None else self._own_loop()
                 run = self._run_here(
                     RunningJob(claimed[0], job, new_context(claimed[0], self.node_id, self.log)),
                     loop,
@@ -771,13 +772,6 @@ class CallingThreadLoop(EventLoopThread):
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         finally:
             self.loop.close()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class _Autocommit:

@@ -35,6 +35,14 @@ StopReason = CancelReason
 ``attempt_outcome``). The same values job code reads as ``ctx.cancel_reason``."""
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class EventLoopDied(Exception):
     """The event loop running an ``async def`` job's code died under it (something raised
     ``SystemExit`` or ``KeyboardInterrupt`` out of a loop callback, or stopped the loop). The run
