@@ -34,10 +34,10 @@ import sqlalchemy as sa
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from pg_scheduler import repository
+from pg_scheduler.db import repository
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.poller import claim_due
+from pg_scheduler.node.poller import claim_due
 
 BACKLOGS = (0, 10_000, 100_000, 1_000_000)
 MODES = ("never analyzed", "analyzed")

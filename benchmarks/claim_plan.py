@@ -23,9 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pg_scheduler import migrations
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models, build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.repository import JobRepository
 
 NODE = "bench:1:claimpln"
 

@@ -35,7 +35,7 @@ from benchmarks.peers._harness import WorkerOptions, report
 from pg_scheduler import JobContext, Scheduler, SchedulerConfig
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.poller import claim_due
+from pg_scheduler.node.poller import claim_due
 
 NAME = "ours"
 NOOP = "bench_noop"

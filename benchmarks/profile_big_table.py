@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profile_drain import arguments, server
-from pg_scheduler import repository, scheduler
+from pg_scheduler import scheduler
+from pg_scheduler.db import repository
 from pg_scheduler.migrations import upgrade
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names

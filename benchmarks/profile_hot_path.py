@@ -16,7 +16,7 @@ import time
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profile_drain import arguments, installed
-from pg_scheduler.workers import RunningJob, attempt_outcome, execute, new_context
+from pg_scheduler.runtime.workers import RunningJob, attempt_outcome, execute, new_context
 
 BATCH = 32
 

@@ -21,7 +21,10 @@ from typing import Any
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profile_drain import arguments, installed
-from pg_scheduler import outcomes, poller, repository, scheduler
+from pg_scheduler import scheduler
+from pg_scheduler.db import repository
+from pg_scheduler.node import poller
+from pg_scheduler.runtime import outcomes
 
 # stage -> (started, ended, size) of every call
 spans: dict[str, list[tuple[float, float, int]]] = defaultdict(list)

@@ -18,7 +18,7 @@ from typing import Any
 from benchmarks import ours
 from benchmarks.profile_drain import arguments, installed
 from pg_scheduler import JobContext
-from pg_scheduler.poller import Poller
+from pg_scheduler.node.poller import Poller
 
 STAGES = ("notified", "claim_start", "claimed", "job_started")
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from . import errors, migrations
 from .config import RetryBackoff, SchedulerConfig
 from .cron import CronSchedule
+from .db.records import JobRecord, NodeRecord, RunRecord
+from .db.repository import CancelResult, JobRepository
 from .errors import PgSchedulerError
 from .jobs import CancelReason, FunctionJob, Job, JobCancelled, JobConfig, JobContext
 from .naming import Names
-from .records import JobRecord, NodeRecord, RunRecord
-from .repository import CancelResult, JobRepository
 from .scheduler import Scheduler
 from .states import JobStatus, JobType, RunStatus
 

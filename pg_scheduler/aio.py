@@ -34,10 +34,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
-from .aio_notify import AsyncListener
-from .aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
-from .aio_workers import AsyncWorkers
 from .config import SchedulerConfig
+from .db.records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .db.repository import (
+    CancelResult,
+    FinishResult,
+    JobRepository,
+    Outcome,
+    new_key,
+    shares_one_statement,
+)
+from .db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from .errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -47,15 +54,19 @@ from .errors import (
 )
 from .jobs import FunctionJob, Job, JobConfig
 from .models import Models, build_models
-from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import Claimable, JobRegistry, schedule
-from .repository import (
-    CancelResult,
-    FinishResult,
-    JobRepository,
-    Outcome,
-    new_key,
-    shares_one_statement,
+from .node.registry import Claimable, JobRegistry, schedule
+from .runtime.aio_listen import AsyncListener
+from .runtime.aio_services import AsyncHeartbeat, AsyncMaintenance, AsyncPoller
+from .runtime.aio_workers import AsyncWorkers
+from .runtime.workers import (
+    Inflight,
+    RunningJob,
+    StopReason,
+    attempt_outcome,
+    misfire_outcome,
+    new_context,
+    report_outcome,
+    running_loop,
 )
 from .scheduler import (
     DatabaseErrors,
@@ -66,17 +77,6 @@ from .scheduler import (
     unavailable,
 )
 from .states import JobStatus, JobType, RunStatus
-from .timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
-from .workers import (
-    Inflight,
-    RunningJob,
-    StopReason,
-    attempt_outcome,
-    misfire_outcome,
-    new_context,
-    report_outcome,
-    running_loop,
-)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .connections import connect, lost_connection
+from .db.connections import connect, lost_connection
 from .errors import (
     MigrationError,
     SchemaNotInstalledError,

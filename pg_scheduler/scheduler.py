@@ -24,30 +24,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
-from .connections import (
+from .db.connections import (
     KeptConnection,
     connect,
     lost_connection,
     past_dead_connections,
     switch_to_autocommit,
 )
-from .errors import (
-    DatabaseUnavailableError,
-    PgSchedulerError,
-    SchedulerStateError,
-    SchemaNotInstalledError,
-)
-from .heartbeat import Heartbeat
-from .jobs import FunctionJob, Job, JobConfig
-from .maintenance import Maintenance
-from .models import Models, build_models
-from .naming import Names
-from .notify import Listener
-from .outcomes import OutcomeWriter
-from .poller import Poller
-from .records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .registry import Claimable, JobRegistry, schedule
-from .repository import (
+from .db.records import ClaimedJob, JobRecord, NodeRecord, RunRecord
+from .db.repository import (
     CancelResult,
     FinishResult,
     JobRepository,
@@ -56,9 +41,23 @@ from .repository import (
     new_key,
     shares_one_statement,
 )
-from .states import JobStatus, JobType, RunStatus
-from .timeouts import Deadlines, set_local_timeouts
-from .workers import (
+from .db.timeouts import Deadlines, set_local_timeouts
+from .errors import (
+    DatabaseUnavailableError,
+    PgSchedulerError,
+    SchedulerStateError,
+    SchemaNotInstalledError,
+)
+from .jobs import FunctionJob, Job, JobConfig
+from .models import Models, build_models
+from .naming import Names
+from .node.heartbeat import Heartbeat
+from .node.maintenance import Maintenance
+from .node.poller import Poller
+from .node.registry import Claimable, JobRegistry, schedule
+from .runtime.listen import Listener
+from .runtime.outcomes import OutcomeWriter
+from .runtime.workers import (
     EventLoopThread,
     Inflight,
     RunningJob,
@@ -72,6 +71,7 @@ from .workers import (
     report_outcome,
     running_loop,
 )
+from .states import JobStatus, JobType, RunStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 

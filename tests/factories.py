@@ -22,9 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from pg_scheduler.db.records import JobRecord, NodeRecord
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models
-from pg_scheduler.records import JobRecord, NodeRecord
-from pg_scheduler.repository import JobRepository
 from pg_scheduler.states import JobStatus, JobType, RunStatus
 
 #: A timestamp argument: an aware datetime, or an offset from the database's now().

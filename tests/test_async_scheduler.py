@@ -46,9 +46,9 @@ from pg_scheduler import (
     migrations,
 )
 from pg_scheduler.aio import AsyncScheduler
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import TestServer, unique_prefix
 
 DRIVERS = ("asyncpg", "psycopg_async")

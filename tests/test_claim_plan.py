@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from pg_scheduler.connections import switch_to_autocommit
+from pg_scheduler.db.connections import switch_to_autocommit
+from pg_scheduler.db.repository import PLANNER_SETTINGS_SQL, JobRepository
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
-from pg_scheduler.repository import PLANNER_SETTINGS_SQL, JobRepository
 from pg_scheduler.testing import TestServer
 
 NODE = "plan-test:1:0badcafe"
@@ -295,7 +295,7 @@ def test_the_settings_ride_with_the_claim_in_one_round_trip(
     need no BEGIN and COMMIT of their own: nothing else is sent on the connection."""
     if engine.dialect.driver not in ("psycopg", "psycopg2"):
         pytest.skip("SQLAlchemy's path: BEGIN ... COMMIT around the claim")
-    from pg_scheduler import direct
+    from pg_scheduler.db import fastpath as direct
 
     sent: list[str] = []
     with engine.connect() as conn:

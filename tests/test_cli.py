@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from pg_scheduler import JobStatus, Scheduler, SchedulerConfig, migrations
-from pg_scheduler.cli import URL_ENV
-from pg_scheduler.commands import cli
+from pg_scheduler.cli.base import URL_ENV
+from pg_scheduler.cli.commands import cli
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import RunStatus

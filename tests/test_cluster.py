@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pg_scheduler import JobStatus
+from pg_scheduler.cli.views import jobs_table
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.models import Models
-from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import wait_until
-from pg_scheduler.views import jobs_table
 from tests.cluster import FAST, Cluster
 
 pytestmark = pytest.mark.slow

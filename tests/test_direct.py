@@ -1,4 +1,4 @@
-"""The hot statements sent straight to the driver's cursor (``pg_scheduler.direct``).
+"""The hot statements sent straight to the driver's cursor (``pg_scheduler.db.fastpath``).
 
 On psycopg 3 (sync and async) and psycopg2 the enqueue, the claim and the grouped completion
 skip SQLAlchemy's execution machinery on the scheduler's own autocommit connections. These tests hold that this
@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pg_scheduler import Scheduler, direct
-from pg_scheduler.connections import switch_to_autocommit
+from pg_scheduler import Scheduler
+from pg_scheduler.db import fastpath as direct
+from pg_scheduler.db.connections import switch_to_autocommit
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec, Outcome
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
-from pg_scheduler.repository import JobRepository, OneTimeSpec, Outcome
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import TestServer
 

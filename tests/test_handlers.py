@@ -32,9 +32,9 @@ from pg_scheduler import (
     Scheduler,
     SchedulerConfig,
     errors,
-    views,
 )
 from pg_scheduler.aio import AsyncScheduler
+from pg_scheduler.cli import views
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import TestServer, wait_until
 from tests.test_async_scheduler import DRIVERS, node, until

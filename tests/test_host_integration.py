@@ -31,7 +31,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import Scheduler, SchedulerConfig, migrations
-from pg_scheduler.cli import CliError, Database
+from pg_scheduler.cli.base import CliError, Database
 from pg_scheduler.errors import MigrationError, SchemaVersionMismatchError
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names

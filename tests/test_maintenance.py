@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from pg_scheduler import Job, JobConfig, JobContext, RetryBackoff, SchedulerConfig
 from pg_scheduler.aio import AsyncScheduler
-from pg_scheduler.maintenance import pass_interval
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
+from pg_scheduler.node.maintenance import pass_interval
 from pg_scheduler.testing import TestServer, wait_until
 from tests.factories import make_job
 

@@ -25,6 +25,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import __version__, migrations
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.errors import (
     MigrationError,
     SchemaNotInstalledError,
@@ -32,7 +33,6 @@ from pg_scheduler.errors import (
 )
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import MAX_PREFIX_LENGTH, Names
-from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import TestServer, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from pg_scheduler import Job, JobConfig, JobContext, RunStatus
 from pg_scheduler.models import Models
-from pg_scheduler.registry import schedule
+from pg_scheduler.node.registry import schedule
 from pg_scheduler.testing import wait_until
 
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import FinishResult, Outcome
 from pg_scheduler.models import Models
-from pg_scheduler.outcomes import OutcomeWriter
-from pg_scheduler.records import ClaimedJob
-from pg_scheduler.repository import FinishResult, Outcome
+from pg_scheduler.runtime.outcomes import OutcomeWriter
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import wait_until
 from tests.factories import make_job, repository, runs_of, snapshot

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pg_scheduler.cron import CronSchedule
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec, RecurringSpec
 from pg_scheduler.errors import (
     ConfigError,
     InvalidJobNameError,
@@ -27,7 +28,6 @@ from pg_scheduler.errors import (
 )
 from pg_scheduler.models import Models
 from pg_scheduler.params import DEFAULT_MAX_PARAMS_BYTES, encode_params
-from pg_scheduler.repository import JobRepository, OneTimeSpec, RecurringSpec
 from tests.factories import count_jobs, repository
 
 

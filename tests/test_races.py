@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import JobRepository, Outcome
 from pg_scheduler.errors import InvalidStateError
 from pg_scheduler.models import Models
-from pg_scheduler.records import ClaimedJob
-from pg_scheduler.repository import JobRepository, Outcome
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import wait_until
 from tests.factories import (

@@ -25,8 +25,8 @@ from pg_scheduler import (
     SchedulerConfig,
     errors,
 )
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.naming import Names
-from pg_scheduler.repository import JobRepository, OneTimeSpec
 from pg_scheduler.testing import wait_until
 
 INTEGERS = postgresql.ARRAY(sa.Integer)
@@ -644,7 +644,7 @@ def test_a_node_hung_inside_its_heartbeat_hands_its_job_back(
     # rows locked until that transaction ends (seen in CI: a node stopped with SIGSTOP at that
     # moment). The server must end the transaction, so that another node takes the job back
     # within the promised bound, not when (or if) the hung node wakes up.
-    import pg_scheduler.heartbeat as heartbeat_module
+    import pg_scheduler.node.heartbeat as heartbeat_module
 
     first, second = make_scheduler(), make_scheduler()
     hung, wake = threading.Event(), threading.Event()

@@ -23,11 +23,11 @@ import sqlalchemy as sa
 
 from pg_scheduler import migrations, states
 from pg_scheduler.config import DEFAULT_MAX_LOST_LEASES
+from pg_scheduler.db.records import ClaimedJob, JobRecord
+from pg_scheduler.db.repository import JobRepository, Outcome
 from pg_scheduler.errors import InvalidStateError
 from pg_scheduler.models import Models, build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.records import ClaimedJob, JobRecord
-from pg_scheduler.repository import JobRepository, Outcome
 from pg_scheduler.states import JobStatus, JobType, RunStatus, Transition
 from pg_scheduler.testing import grant_runtime_privileges
 from tests.factories import ago, from_now, make_job, repository, runs_of, snapshot

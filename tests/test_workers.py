@@ -6,7 +6,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from pg_scheduler.workers import Inflight, RunningJob
+from pg_scheduler.runtime.workers import Inflight, RunningJob
 
 
 def lease() -> RunningJob:

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import SchedulerConfig
-from .repository import JobRepository
+from pg_scheduler.config import SchedulerConfig
+from pg_scheduler.db.repository import JobRepository
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from pg_scheduler.scheduler import Scheduler
 
 FIRST_PASS_DELAY_SECONDS = 1.0
 

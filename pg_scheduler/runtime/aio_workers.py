@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .jobs import Job, JobContext, is_async_callable
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import Outcome
+from pg_scheduler.jobs import Job, JobContext, is_async_callable
+from pg_scheduler.scheduler import lease_lost
+from pg_scheduler.states import RunStatus
+
 from .outcomes import AsyncOutcomeWriter
-from .records import ClaimedJob
-from .repository import Outcome
-from .scheduler import lease_lost
-from .states import RunStatus
 from .workers import (
     RunningJob,
     StopReason,
@@ -37,7 +38,7 @@ from .workers import (
 )
 
 if TYPE_CHECKING:
-    from .aio import AsyncScheduler
+    from pg_scheduler.aio import AsyncScheduler
 
 
 class AsyncWorkers:

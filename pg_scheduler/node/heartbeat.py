@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .connections import connect
-from .repository import JobRepository
-from .timeouts import set_local_timeouts
-from .workers import Inflight, RunningJob, StopReason
+from pg_scheduler.db.connections import connect
+from pg_scheduler.db.repository import JobRepository
+from pg_scheduler.db.timeouts import set_local_timeouts
+from pg_scheduler.runtime.workers import Inflight, RunningJob, StopReason
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from pg_scheduler.scheduler import Scheduler
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import embedded, migrations
-from .cli import plural
-from .config import RetryBackoff, SchedulerConfig
-from .jobs import JobContext
-from .models import Models, build_models
-from .naming import Names
-from .records import JobRecord, NodeRecord, RunRecord
-from .scheduler import Scheduler
-from .states import TERMINAL_STATUSES, JobStatus, RunStatus
+from pg_scheduler import embedded, migrations
+from pg_scheduler.config import RetryBackoff, SchedulerConfig
+from pg_scheduler.db.records import JobRecord, NodeRecord, RunRecord
+from pg_scheduler.jobs import JobContext
+from pg_scheduler.models import Models, build_models
+from pg_scheduler.naming import Names
+from pg_scheduler.scheduler import Scheduler
+from pg_scheduler.states import TERMINAL_STATUSES, JobStatus, RunStatus
+
+from .base import plural
 from .views import attempts_text, jobs_table, nodes_table, runs_table, status_text, when
 
 NAMES = Names(prefix="demo_")

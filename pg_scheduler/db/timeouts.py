@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
-    from .config import SchedulerConfig
+    from pg_scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,22 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .heartbeat import HeartbeatResult, renew, settle
-from .maintenance import MaintenanceResult, clean, pass_interval, plan, rescue, sweep
-from .poller import PollResult, claim_due, failure_delay, sleep_after
-from .records import ClaimedJob
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.node.heartbeat import HeartbeatResult, renew, settle
+from pg_scheduler.node.maintenance import (
+    MaintenanceResult,
+    clean,
+    pass_interval,
+    plan,
+    rescue,
+    sweep,
+)
+from pg_scheduler.node.poller import PollResult, claim_due, failure_delay, sleep_after
+
 from .workers import running_loop
 
 if TYPE_CHECKING:
-    from .aio import AsyncScheduler
+    from pg_scheduler.aio import AsyncScheduler
 
 #: How long ``stop()`` lets a pass in progress finish before cancelling it.
 STOP_GRACE_SECONDS = 10.0

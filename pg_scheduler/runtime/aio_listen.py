@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .notify import _one_line, listen_sql
+from .listen import _one_line, listen_sql
 
 logger = logging.getLogger(__name__)
 

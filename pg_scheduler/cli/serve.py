@@ -32,8 +32,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import embedded, migrations
-from .cli import (
+from pg_scheduler import embedded, migrations
+from pg_scheduler.errors import (
+    ConfigError,
+    EmbeddedPostgresError,
+    PgSchedulerError,
+    SchemaNotInstalledError,
+)
+from pg_scheduler.naming import Names
+from pg_scheduler.scheduler import Scheduler
+
+from .base import (
     EXIT_INTERRUPTED,
     INTERRUPTED,
     URL_ENV,
@@ -44,9 +53,6 @@ from .cli import (
     first_line,
     plural,
 )
-from .errors import ConfigError, EmbeddedPostgresError, PgSchedulerError, SchemaNotInstalledError
-from .naming import Names
-from .scheduler import Scheduler
 
 log = logging.getLogger("pg_scheduler.worker")
 
@@ -133,7 +139,7 @@ def takes_url(factory: Callable[..., Any]) -> bool:
 
 def is_async_scheduler(obj: object) -> bool:
     try:
-        from .aio import AsyncScheduler
+        from pg_scheduler.aio import AsyncScheduler
     except ImportError:  # the asyncio extra is not installed: it cannot be one
         return False
     return isinstance(obj, AsyncScheduler)

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .params import decode_params
-from .states import JobStatus, JobType, RunStatus
+from pg_scheduler.params import decode_params
+from pg_scheduler.states import JobStatus, JobType, RunStatus
 
 
 @dataclass(frozen=True)

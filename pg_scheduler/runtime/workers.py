@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cron import is_too_late
-from .jobs import CancelReason, Job, JobContext, is_cancellation
-from .records import ClaimedJob
-from .repository import FinishResult, Outcome
-from .states import JobStatus, JobType, RunStatus
+from pg_scheduler.cron import is_too_late
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import FinishResult, Outcome
+from pg_scheduler.jobs import CancelReason, Job, JobContext, is_cancellation
+from pg_scheduler.states import JobStatus, JobType, RunStatus
 
 logger = logging.getLogger(__name__)
 

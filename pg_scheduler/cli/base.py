@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import migrations
-from .errors import ConfigError, PgSchedulerError
-from .naming import Names
+from pg_scheduler import migrations
+from pg_scheduler.errors import ConfigError, PgSchedulerError
+from pg_scheduler.naming import Names
 
 CLI_EXTRA_HINT = "pip install 'sqlalchemy-pg-scheduler[cli]'"
 CLI_REQUIREMENTS = ("click", "rich")
@@ -275,7 +275,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .commands import cli
 
     cli.main(args=list(argv) if argv is not None else None, prog_name="pg-scheduler")
-
-
-if __name__ == "__main__":  # python -m pg_scheduler.cli (how the demo starts its nodes)
-    main()

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .records import ClaimedJob
-from .repository import JobRepository
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import JobRepository
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from pg_scheduler.scheduler import Scheduler
 
 # Wake this long after the next due time so that, by the database clock, the job is due.
 _DUE_MARGIN_SECONDS = 0.001

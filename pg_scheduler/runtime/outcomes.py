@@ -26,8 +26,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from .records import ClaimedJob
-from .repository import FinishResult, Outcome
+from pg_scheduler.db.records import ClaimedJob
+from pg_scheduler.db.repository import FinishResult, Outcome
 
 logger = logging.getLogger(__name__)
 

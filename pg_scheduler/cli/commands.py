@@ -23,8 +23,18 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.text import Text
 
-from . import embedded, migrations
-from .cli import (
+from pg_scheduler import embedded, migrations
+from pg_scheduler.config import DEFAULT_NO_HEARTBEAT_TIMEOUT, SchedulerConfig
+from pg_scheduler.errors import (
+    EmbeddedPostgresError,
+    InvalidStateError,
+    MigrationError,
+    UnknownJobError,
+)
+from pg_scheduler.scheduler import Scheduler
+from pg_scheduler.states import JobStatus, JobType
+
+from .base import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -43,12 +53,8 @@ from .cli import (
     parse_url,
     report,
 )
-from .config import DEFAULT_NO_HEARTBEAT_TIMEOUT, SchedulerConfig
-from .errors import EmbeddedPostgresError, InvalidStateError, MigrationError, UnknownJobError
-from .scheduler import Scheduler
-from .states import JobStatus, JobType
+from .serve import configure_logging, serve, stop_signals
 from .views import job_fields, jobs_table, node_state, nodes_table, plain, runs_table, to_json, when
-from .worker import configure_logging, serve, stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 

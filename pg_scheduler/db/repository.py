@@ -26,21 +26,23 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Grouping
 
-from . import direct, states
-from .config import DEFAULT_MAX_LOST_LEASES, RetryBackoff
-from .cron import CronSchedule, MisfirePolicy, next_run_after
-from .errors import (
+from pg_scheduler import states
+from pg_scheduler.config import DEFAULT_MAX_LOST_LEASES, RetryBackoff
+from pg_scheduler.cron import CronSchedule, MisfirePolicy, next_run_after
+from pg_scheduler.errors import (
     ConfigError,
     InvalidCronError,
     InvalidStateError,
     InvalidTimezoneError,
     JobNotFoundError,
 )
-from .models import Models
-from .naming import validate_job_name
-from .params import DEFAULT_MAX_PARAMS_BYTES, encode_params
+from pg_scheduler.models import Models
+from pg_scheduler.naming import validate_job_name
+from pg_scheduler.params import DEFAULT_MAX_PARAMS_BYTES, encode_params
+from pg_scheduler.states import JobStatus, JobType, RunStatus, Transition
+
+from . import fastpath
 from .records import JOB_FIELDS, ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .states import JobStatus, JobType, RunStatus, Transition
 
 #: Error texts are kept, but bounded: a traceback of a deep recursion must not bloat a row.
 MAX_ERROR_LENGTH = 8000
@@ -68,7 +70,7 @@ _S = TypeVar("_S")
 _PREBUILT: dict[tuple[str, Models], Any] = {}
 # Per dialect (one per engine), the prebuilt statements' direct forms (None: not eligible).
 _DIRECT_FORMS: weakref.WeakKeyDictionary[
-    sa.Dialect, dict[tuple[str, Models], direct.DirectStatement | None]
+    sa.Dialect, dict[tuple[str, Models], fastpath.DirectStatement | None]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -248,10 +250,10 @@ class JobRepository:
         statement = self._prebuilt(name, build)
         if self.direct:
             conn: sa.Connection = self.session  # type: ignore[assignment]
-            if not direct.has_listeners(conn):
+            if not fastpath.has_listeners(conn):
                 form = self._direct_form(name, statement, conn.dialect)
                 if form is not None:
-                    return direct.execute(conn, form, values, rows=rows)
+                    return fastpath.execute(conn, form, values, rows=rows)
         result = self._execute(statement, values)
         if rows:
             return result.all()
@@ -264,16 +266,16 @@ class JobRepository:
         """``_execute_rows`` under ``PLANNER_SETTINGS``, set for this statement's transaction:
         in the caller's transaction, the settings first (they last until it ends); on an
         autocommit connection, the settings and the statement as one transaction (one round trip
-        on psycopg 3 and psycopg2, see ``direct.execute``; else an explicit BEGIN ... COMMIT)."""
+        on psycopg 3 and psycopg2, see ``fastpath.execute``; else an explicit BEGIN ... COMMIT)."""
         statement = self._prebuilt(name, build)
         if not self.direct:
             self.session.execute(PLANNER_SETTINGS)
             return self._execute(statement, values).all()
         conn: sa.Connection = self.session  # type: ignore[assignment]
-        if not direct.has_listeners(conn):
+        if not fastpath.has_listeners(conn):
             form = self._direct_form(name, statement, conn.dialect)
             if form is not None:
-                return direct.execute(conn, form, values, settings=PLANNER_SETTINGS_SQL)
+                return fastpath.execute(conn, form, values, settings=PLANNER_SETTINGS_SQL)
         conn.exec_driver_sql("BEGIN")
         try:
             conn.execute(PLANNER_SETTINGS)
@@ -287,13 +289,13 @@ class JobRepository:
 
     def _direct_form(
         self, name: str, statement: sa.Executable, dialect: sa.Dialect
-    ) -> direct.DirectStatement | None:
+    ) -> fastpath.DirectStatement | None:
         forms = _DIRECT_FORMS.get(dialect)
         if forms is None:
             forms = _DIRECT_FORMS.setdefault(dialect, {})
         key = (name, self.models)
         if key not in forms:
-            forms[key] = direct.direct_form(statement, dialect)
+            forms[key] = fastpath.direct_form(statement, dialect)
         return forms[key]
 
     def _guard(

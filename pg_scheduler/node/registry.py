@@ -10,10 +10,10 @@ import datetime as dt
 import threading
 from typing import Any, NamedTuple
 
-from .errors import DuplicateJobError
-from .jobs import FunctionJob, Job, JobConfig
-from .repository import JobRepository, OneTimeSpec, RecurringSpec
-from .states import JobType
+from pg_scheduler.db.repository import JobRepository, OneTimeSpec, RecurringSpec
+from pg_scheduler.errors import DuplicateJobError
+from pg_scheduler.jobs import FunctionJob, Job, JobConfig
+from pg_scheduler.states import JobType
 
 
 class Claimable(NamedTuple):

@@ -1,0 +1,1 @@
+"""The database layer: statements, the repository, records, connections, deadlines, error translation."""

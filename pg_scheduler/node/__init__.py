@@ -1,0 +1,1 @@
+"""What a node decides, written once: attempts, the poller, heartbeat, maintenance, the registry."""
