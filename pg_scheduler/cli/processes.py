@@ -1,8 +1,8 @@
 """``pg-scheduler worker`` and ``pg-scheduler demo``: the commands that run nodes until a signal.
 
 ``worker`` runs the scheduler an application defines (see ``serve``); ``demo`` runs a small
-cluster of them (see ``demo``). Both log to stderr and stop gracefully on the first SIGTERM or
-Ctrl-C, at once on the second.
+cluster of them (see ``demo``). Both stop gracefully on the first SIGTERM or Ctrl-C, and at once
+on the second.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pg_scheduler.cli.base import URL_ENV
+
 from .app import NODE_NAME_ENV, PARENT_PID_ENV, node
 
 NODE_STOP_TIMEOUT = 20.0
@@ -34,7 +36,7 @@ def start_nodes(url: str, count: int, log_dir: Path) -> list[NodeProcess]:
         env = {
             **os.environ,
             # The URL goes through the environment: a password on a command line shows in `ps`.
-            "PG_SCHEDULER_DATABASE_URL": url,
+            URL_ENV: url,
             NODE_NAME_ENV: name,
             PARENT_PID_ENV: str(os.getpid()),
             "PYTHONUNBUFFERED": "1",

@@ -27,7 +27,7 @@ class PlannedJobResult:
     planned: Planned
     key: str | None
     job: JobRecord | None
-    runs: tuple[RunStatus, ...]
+    run_statuses: tuple[RunStatus, ...]  # attempt by attempt
 
     @property
     def expected(self) -> tuple[RunStatus, ...]:
@@ -38,7 +38,7 @@ class PlannedJobResult:
         return (
             self.job is not None
             and self.job.status is JobStatus.COMPLETED
-            and self.runs == self.expected
+            and self.run_statuses == self.expected
         )
 
 
@@ -54,7 +54,7 @@ class Summary:
 
     @property
     def jobs_ok(self) -> int:
-        return sum(o.ok for o in self.results)
+        return sum(result.ok for result in self.results)
 
     @property
     def nodes_ok(self) -> int:
@@ -111,13 +111,13 @@ def print_summary(console: Console, summary: Summary) -> None:
     jobs.add_column("status")
     jobs.add_column("runs (attempt by attempt)", overflow="fold")
     jobs.add_column("as expected")
-    for o in summary.results:
+    for result in summary.results:
         jobs.add_row(
-            o.key or f"{o.planned.name} (not enqueued)",
-            Text(json.dumps(o.planned.params)),
-            status_text(o.job.status) if o.job else Text("-"),
-            ", ".join(s.value for s in o.runs) or "-",
-            Text("yes", style="green") if o.ok else Text("NO", style="bold red"),
+            result.key or f"{result.planned.name} (not enqueued)",
+            Text(json.dumps(result.planned.params)),
+            status_text(result.job.status) if result.job else Text("-"),
+            ", ".join(s.value for s in result.run_statuses) or "-",
+            Text("yes", style="green") if result.ok else Text("NO", style="bold red"),
         )
     console.print(jobs)
     facts = Table.grid(padding=(0, 2))
