@@ -7,8 +7,9 @@ succeeds), and shows jobs, runs and nodes while they work. At the end, it reads 
 states how many ticks ran, how many ran twice (zero, however many nodes), and how every one-time
 job ended. Its exit code is 0 only if that is all as expected.
 
-Its modules, in the order they import each other: ``app`` (the jobs, the node factory, the
-plan), ``reader`` (the queries), ``nodes`` (the node processes), ``screen`` (the live view),
-``summary`` (the verdict) and ``run`` (the whole run, ``run.run``). This package's ``__init__``
-imports none of them: a node process loads ``app`` and what it needs only.
+Its modules, each importing only modules listed before it: ``app`` (the jobs, the node factory,
+the plan), ``reader`` (the queries), ``nodes`` (the node processes), ``screen`` (the live view),
+``summary`` (the verdict) and ``run`` (the whole run: ``run.run``, what ``pg-scheduler demo``
+calls). This ``__init__`` imports none of them, so a node process loads ``app`` and what ``app``
+needs only.
 """
