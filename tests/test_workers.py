@@ -6,8 +6,8 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from pg_scheduler.node.attempt import RunningJob
 from pg_scheduler.node.inflight import Inflight
+from pg_scheduler.node.running import RunningJob
 
 
 def lease() -> RunningJob:

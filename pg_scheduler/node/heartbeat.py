@@ -16,8 +16,8 @@ from typing import Any
 
 from pg_scheduler.db.outages import DatabaseErrors
 from pg_scheduler.db.repository import JobRepository
-from pg_scheduler.node.attempt import RunningJob, StopReason
 from pg_scheduler.node.inflight import Inflight
+from pg_scheduler.node.running import RunningJob, StopReason
 from pg_scheduler.node.runtime import Runtime, Stream
 from pg_scheduler.node.service import Service
 

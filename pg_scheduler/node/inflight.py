@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pg_scheduler.node.attempt import RunningJob
+    from pg_scheduler.node.running import RunningJob
 
 
 class Inflight:

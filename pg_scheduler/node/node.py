@@ -41,12 +41,13 @@ from pg_scheduler.errors import (
 )
 from pg_scheduler.jobs import Job, JobConfig
 from pg_scheduler.models import Models, build_models
-from pg_scheduler.node.attempt import Attempts, StopReason
+from pg_scheduler.node.attempt import Attempts
 from pg_scheduler.node.heartbeat import Heartbeat
 from pg_scheduler.node.inflight import Inflight
 from pg_scheduler.node.maintenance import Maintenance
 from pg_scheduler.node.poller import Poller
 from pg_scheduler.node.registry import Claimable, JobRegistry, schedule
+from pg_scheduler.node.running import StopReason
 from pg_scheduler.node.runtime import Runtime, Stream
 from pg_scheduler.states import JobStatus, JobType
 

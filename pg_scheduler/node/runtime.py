@@ -20,7 +20,7 @@ from pg_scheduler.db.records import ClaimedJob
 from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome, shares_one_statement
 
 if TYPE_CHECKING:
-    from pg_scheduler.node.attempt import RunningJob
+    from pg_scheduler.node.running import RunningJob
 
 T = TypeVar("T")
 

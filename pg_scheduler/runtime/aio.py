@@ -34,7 +34,8 @@ from pg_scheduler.db.sessions import MakeRepository, application_name
 from pg_scheduler.db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from pg_scheduler.errors import DatabaseUnavailableError, PgSchedulerError, SchemaNotInstalledError
 from pg_scheduler.jobs import Job, JobContext, is_async_callable
-from pg_scheduler.node.attempt import RunningJob, shutdown_hook_failed
+from pg_scheduler.node.attempt import shutdown_hook_failed
+from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
 from pg_scheduler.runtime.aio_listen import AsyncListener
 from pg_scheduler.runtime.outcomes import AsyncOutcomeWriter

@@ -24,7 +24,7 @@ from pg_scheduler.db.connections import connect
 from pg_scheduler.db.records import ClaimedJob
 from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome
 from pg_scheduler.db.sessions import SyncDatabase
-from pg_scheduler.node.attempt import RunningJob
+from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
 from pg_scheduler.runtime.listen import Listener
 from pg_scheduler.runtime.outcomes import OutcomeWriter

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pg_scheduler.jobs import JobContext
-from pg_scheduler.node.attempt import EventLoopDied, RunningJob, shutdown_hook_failed
+from pg_scheduler.node.attempt import shutdown_hook_failed
+from pg_scheduler.node.running import EventLoopDied, RunningJob
 
 logger = logging.getLogger(__name__)
 
