@@ -68,6 +68,7 @@ class AsyncScheduler:
         self.node = Node(config, self.runtime, facade="AsyncScheduler")
         self.runtime.node_id = self.node_id = self.node.node_id
         self.log = self.node.log
+        self.models = self.node.models
         self.inflight = self.node.inflight
         self.poller = self.node.poller
         self.listener = self.runtime.listener

@@ -58,6 +58,7 @@ class Scheduler:
         self.node = Node(config, self.runtime, facade="Scheduler")
         self.runtime.node_id = self.node_id = self.node.node_id
         self.log = self.node.log
+        self.models = self.node.models
         self.inflight = self.node.inflight
         self.poller = self.node.poller
         self.listener = self.runtime.listener

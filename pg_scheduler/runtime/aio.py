@@ -37,7 +37,7 @@ from pg_scheduler.jobs import Job, JobContext, is_async_callable
 from pg_scheduler.node.attempt import shutdown_hook_failed
 from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
-from pg_scheduler.runtime.aio_listen import AsyncListener
+from pg_scheduler.runtime.listen import AsyncListener
 from pg_scheduler.runtime.outcomes import AsyncOutcomeWriter
 from pg_scheduler.runtime.workers import WorkerPool, running_loop
 
