@@ -35,15 +35,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrations
 from .config import SchedulerConfig
-from .db.records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .db.repository import (
+from .db.records import (
     CancelResult,
+    ClaimedJob,
     FinishResult,
-    JobRepository,
+    JobRecord,
+    NodeRecord,
     Outcome,
-    new_key,
-    shares_one_statement,
+    RunRecord,
 )
+from .db.repository import JobRepository, new_key, shares_one_statement
 from .db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from .errors import (
     ConfigError,

@@ -31,16 +31,17 @@ from .db.connections import (
     past_dead_connections,
     switch_to_autocommit,
 )
-from .db.records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from .db.repository import (
+from .db.records import (
     CancelResult,
+    ClaimedJob,
     FinishResult,
-    JobRepository,
+    JobRecord,
+    NodeRecord,
     OneTimeSpec,
     Outcome,
-    new_key,
-    shares_one_statement,
+    RunRecord,
 )
+from .db.repository import JobRepository, new_key, shares_one_statement
 from .db.timeouts import Deadlines, set_local_timeouts
 from .errors import (
     DatabaseUnavailableError,

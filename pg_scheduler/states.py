@@ -180,3 +180,32 @@ TRANSITIONS: tuple[Transition, ...] = (
     TRIGGER,
     RETRY_NOW,
 )
+
+
+def after_run(outcome: RunStatus, *, recurring: bool, retry_left: bool) -> Transition:
+    """The transition that records a run which ended with ``outcome`` (the diagram above).
+
+    ``retry_left``: a failure may be retried (attempts left). A recurring job is done with its tick
+    whatever happened (``RESCHEDULE``), unless it was cancelled; if its schedule yields no next
+    tick, the caller records ``FAIL`` instead (``ticks.Disabled``). Lost and released runs are not
+    outcomes of a run: the take-back transitions (``RESCUE``, ``RELEASE``) record them.
+    """
+    if outcome is RunStatus.FAILED and retry_left:
+        return RETRY
+    if outcome is RunStatus.CANCELLED:
+        # cancel_job ends the job, recurring ones too: off until retry_now, as when it is
+        # cancelled while pending (an operator's cancel is never undone by the next tick).
+        return ABORT
+    if recurring and outcome in _RUN_ENDINGS:
+        return RESCHEDULE
+    try:
+        return _RUN_ENDINGS[outcome]
+    except KeyError:
+        raise ValueError(f"{outcome.value!r} is not the outcome of a run") from None
+
+
+_RUN_ENDINGS = {
+    RunStatus.COMPLETED: COMPLETE,
+    RunStatus.SKIPPED: COMPLETE,  # a one-time job's tick skipped by its misfire policy
+    RunStatus.FAILED: FAIL,
+}

@@ -17,8 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import Outcome
+from pg_scheduler.db.records import ClaimedJob, Outcome
 from pg_scheduler.jobs import Job, JobContext, is_async_callable
 from pg_scheduler.scheduler import lease_lost
 from pg_scheduler.states import RunStatus
