@@ -1,6 +1,6 @@
 """The statements that move jobs from outside their run: taking leases back (the stall rescue,
-a node's release at shutdown), operator actions (cancel, trigger, retry), housekeeping (retention,
-orphans) and the node registry. Built from the model tables, as ``queries`` (its module docstring
+a node's release at shutdown), operator actions (cancel, trigger, retry) and housekeeping
+(retention, orphans). Built from the model tables, as ``queries`` (its module docstring
 holds for these too); ``JobRepository`` runs them.
 """
 

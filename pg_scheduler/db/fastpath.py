@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def _direct(
 
 
 def run_prebuilt(
-    bind: sa.Connection | Any,
+    bind: Session | sa.Connection,
     name: str,
     installation: Hashable,
     build: Callable[[], sa.Executable],
@@ -320,6 +321,7 @@ def run_prebuilt(
     goes straight to the driver's cursor when that changes nothing visible (module docstring)."""
     statement = prebuilt(name, installation, build)
     if direct:
+        assert isinstance(bind, sa.Connection)
         form = _direct(bind, name, installation, statement)
         if form is not None:
             return execute(bind, form, values, rows=rows)
@@ -331,7 +333,7 @@ def run_prebuilt(
 
 
 def run_prebuilt_planned(
-    bind: sa.Connection | Any,
+    bind: Session | sa.Connection,
     name: str,
     installation: Hashable,
     build: Callable[[], sa.Executable],
@@ -348,7 +350,8 @@ def run_prebuilt_planned(
     if not direct:
         bind.execute(settings)
         return bind.execute(statement, values).all()
-    conn: sa.Connection = bind
+    conn = bind
+    assert isinstance(conn, sa.Connection)
     form = _direct(conn, name, installation, statement)
     if form is not None:
         return execute(conn, form, values, settings=settings.text)

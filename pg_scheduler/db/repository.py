@@ -6,8 +6,10 @@ transition is one statement guarded by the state it expects (``states.TRANSITION
 fenced, by a lease, so a writer that lost the race matches no row and learns so from the result.
 Every time comparison uses the database's ``now()``; a node's clock never meets another node's.
 
-The statements are built in ``queries`` (a run's path) and ``admin`` (everything else that moves
-a job); here they are checked for their input, run, and their rows mapped to ``records``. When a
+The statements are built in ``queries`` (a run's path: enqueue, claim, heartbeat, outcome) and
+``admin`` (take-back, operator actions, housekeeping); here they are run, after their input is
+checked, and their rows mapped to ``records``. The reads and the node registry's writes are the
+base classes ``reads.JobReads`` and ``nodes.NodeRegistry``. When a
 recurring job runs next is ``ticks.next_tick``'s decision, which transition records a run's end
 ``states.after_run``'s.
 """
@@ -31,7 +33,8 @@ from pg_scheduler.naming import validate_job_name
 from pg_scheduler.params import DEFAULT_MAX_PARAMS_BYTES, encode_params
 from pg_scheduler.states import JobStatus, JobType, RunStatus
 
-from . import admin, fastpath, nodes, queries
+from . import admin, fastpath, queries
+from .nodes import NodeRegistry, delete_stale_nodes
 from .records import (
     CancelResult,
     ClaimedJob,
@@ -61,7 +64,7 @@ def shares_one_statement(claimed: ClaimedJob, outcome: Outcome) -> bool:
     return outcome.status is RunStatus.COMPLETED and claimed.job.job_type is JobType.ONE_TIME
 
 
-class JobRepository(nodes.NodeRegistry):
+class JobRepository(NodeRegistry):
     """Atomic, fenced state transitions for one installation, inside one session."""
 
     def __init__(
@@ -490,5 +493,5 @@ class JobRepository(nodes.NodeRegistry):
         """
         deleted = self._execute(admin.delete_orphans(self.models, timeout, limit))
         keys = [row[0] for row in deleted]
-        self._execute(nodes.delete_stale_nodes(self.models, timeout))
+        self._execute(delete_stale_nodes(self.models, timeout))
         return keys
