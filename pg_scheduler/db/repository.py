@@ -344,8 +344,9 @@ class JobRepository(NodeRegistry):
             # of a write whose COMMIT landed before the connection died; the run row tells which.
             found = self._execute(queries.completed_runs(self.models, missing))
             recorded = {row[0] for row in found}
-        completed = FinishResult(applied=True, status=JobStatus.COMPLETED)
-        again = FinishResult(applied=True, status=JobStatus.COMPLETED, already_recorded=True)
+        status = states.COMPLETE.target
+        completed = FinishResult(applied=True, status=status)
+        again = FinishResult(applied=True, status=status, already_recorded=True)
         return [
             completed
             if claimed.key in written
