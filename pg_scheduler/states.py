@@ -137,14 +137,12 @@ CLAIM = _t("claim", {P}, {R}, fenced=False)  # the claim creates the lease
 HEARTBEAT = _t("heartbeat", {R}, {R}, fenced=True)  # the holder renews its own leases
 # A run's outcome, written by the lease holder only.
 COMPLETE = _t("complete", {R}, {C}, fenced=True)
-RESCHEDULE = _t(
-    "reschedule", {R}, {P}, fenced=True
-)  # recurring: done with this tick, wait for the next one
+# Recurring: done with this tick, wait for the next one.
+RESCHEDULE = _t("reschedule", {R}, {P}, fenced=True)
 RETRY = _t("retry", {R}, {P}, fenced=True)
 FAIL = _t("fail", {R}, {F}, fenced=True)  # also a recurring job whose schedule became invalid
-ABORT = _t(
-    "abort", {R}, {X}, fenced=True
-)  # the holder honours a cancel request: the job ends cancelled
+# The holder honours a cancel request: the job ends cancelled.
+ABORT = _t("abort", {R}, {X}, fenced=True)
 # Taking a lease back from a node that stopped heartbeating, or at the end of a shutdown. Fenced
 # by the lease read under lock: a row renewed or finished meanwhile is left alone.
 RESCUE = _t("rescue", {R}, {P, F}, fenced=True)  # failed only past max_lost_leases
@@ -156,11 +154,11 @@ NEXT_TICK = _t("next_tick", {P}, {P}, fenced=False)
 DISABLE = _t("disable", {P}, {F}, fenced=False)
 # Operator and API actions. None is fenced: an operator holds no lease.
 CANCEL = _t("cancel", {P}, {X}, fenced=False)
-REQUEST_CANCEL = _t(
-    "request_cancel", {R}, {R}, fenced=False
-)  # only flags the row; the holder aborts
+# Only flags the row (its status stays): the holder aborts.
+REQUEST_CANCEL = _t("request_cancel", {R}, {R}, fenced=False)
 TRIGGER = _t("trigger", {P}, {P}, fenced=False)  # run a recurring job now
-RETRY_NOW = _t("retry_now", {F, X}, {P}, fenced=False)  # operator re-queues a finished one-time job
+# The operator re-queues a finished job (a cancelled recurring one too).
+RETRY_NOW = _t("retry_now", {F, X}, {P}, fenced=False)
 
 TRANSITIONS: tuple[Transition, ...] = (
     ENQUEUE,
