@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pg_scheduler import migrations
 from pg_scheduler.config import SchedulerConfig
-from pg_scheduler.db.records import JobRecord, NodeRecord, RunRecord
-from pg_scheduler.db.repository import CancelResult, JobRepository, OneTimeSpec
+from pg_scheduler.db.records import CancelResult, JobRecord, NodeRecord, OneTimeSpec, RunRecord
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.db.sessions import SyncDatabase
 from pg_scheduler.errors import PgSchedulerError
 from pg_scheduler.jobs import FunctionJob, Job, JobConfig

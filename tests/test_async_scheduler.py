@@ -46,7 +46,8 @@ from pg_scheduler import (
     migrations,
 )
 from pg_scheduler.aio import AsyncScheduler
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import TestServer, unique_prefix

@@ -25,7 +25,8 @@ from pg_scheduler import (
     SchedulerConfig,
     errors,
 )
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.naming import Names
 from pg_scheduler.runtime.threads import drive
 from pg_scheduler.testing import wait_until

@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pg_scheduler.cron import is_too_late
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.jobs import Job, JobContext, is_cancellation
 from pg_scheduler.node.inflight import Inflight
 from pg_scheduler.node.running import EventLoopDied, RunningJob, StopReason
 from pg_scheduler.node.runtime import Runtime
 from pg_scheduler.states import JobStatus, JobType, RunStatus
+from pg_scheduler.ticks import skip_reason
 
 T = TypeVar("T")
 
@@ -138,13 +138,10 @@ def misfire_outcome(claimed: ClaimedJob) -> Outcome | None:
     """``skipped`` for a recurring tick claimed later than its misfire policy allows (it is
     recorded, not run); None when the job should run."""
     record = claimed.job
-    if record.job_type is JobType.RECURRING and is_too_late(
-        tick=record.scheduled_at or claimed.claimed_at,
-        now=claimed.claimed_at,
-        misfire=record.misfire,  # type: ignore[arg-type]
-        grace=record.misfire_grace,
-    ):
-        return Outcome(RunStatus.SKIPPED, 0, "skipped: tick later than misfire_grace")
+    if record.job_type is JobType.RECURRING:
+        reason = skip_reason(record, claimed.claimed_at)
+        if reason is not None:
+            return Outcome(RunStatus.SKIPPED, 0, reason)
     return None
 
 

@@ -26,13 +26,15 @@ import sqlalchemy as sa
 from pg_scheduler import migrations
 from pg_scheduler.config import SchedulerConfig
 from pg_scheduler.db.outages import DatabaseErrors, OutageRetry, is_duplicate_key, unavailable
-from pg_scheduler.db.records import ClaimedJob, JobRecord, NodeRecord, RunRecord
-from pg_scheduler.db.repository import (
+from pg_scheduler.db.records import (
     CancelResult,
-    JobRepository,
+    ClaimedJob,
+    JobRecord,
+    NodeRecord,
     OneTimeSpec,
-    new_key,
+    RunRecord,
 )
+from pg_scheduler.db.repository import JobRepository, new_key
 from pg_scheduler.errors import (
     DatabaseUnavailableError,
     MigrationError,

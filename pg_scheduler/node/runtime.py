@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome, shares_one_statement
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
+from pg_scheduler.db.repository import JobRepository, shares_one_statement
 
 if TYPE_CHECKING:
     from pg_scheduler.node.running import RunningJob

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from pg_scheduler.config import SchedulerConfig
 from pg_scheduler.db.connections import pool_can_spare
 from pg_scheduler.db.outages import translate_error, unavailable
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.db.sessions import MakeRepository, application_name
 from pg_scheduler.db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from pg_scheduler.errors import DatabaseUnavailableError, PgSchedulerError, SchemaNotInstalledError

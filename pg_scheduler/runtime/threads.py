@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from pg_scheduler.config import SchedulerConfig
 from pg_scheduler.db.connections import connect
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, JobRepository, Outcome
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.db.sessions import SyncDatabase
 from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
