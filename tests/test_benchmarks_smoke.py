@@ -92,5 +92,5 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
 )
 def test_profile_scripts_run(script: str, arguments: list[str], expected: str) -> None:
     """The profile scripts RESULTS.md quotes still run (each on its own embedded server)."""
-    done = run_module(f"benchmarks.{script}", *arguments)
+    done = run_module(f"benchmarks.profiles.{script}", *arguments)
     assert expected in done.stdout
