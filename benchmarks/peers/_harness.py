@@ -214,7 +214,8 @@ class PeerWorker(Protocol):
 
 class PeerAdapter(Protocol):
     name: str
-    #: Importable module holding ``ADAPTER``; worker processes import it after ``spawn``.
+    #: Importable module holding ``ADAPTER`` (or ``module:ATTRIBUTE``, see ``load_adapter``); worker
+    #: processes import it after ``spawn``.
     module: str
     #: Caveats to print next to the cron figures (empty when there are none).
     cron_note: str
@@ -238,7 +239,10 @@ class PeerAdapter(Protocol):
 
 
 def load_adapter(module: str) -> PeerAdapter:
-    adapter: PeerAdapter = importlib.import_module(module).ADAPTER
+    """The adapter named by ``module``: ``package.module`` (its ``ADAPTER``) or
+    ``package.module:ATTRIBUTE`` (a module holding more than one adapter)."""
+    path, _, attribute = module.partition(":")
+    adapter: PeerAdapter = getattr(importlib.import_module(path), attribute or "ADAPTER")
     return adapter
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from chancy import Chancy, Job, Queue, QueuedJob, Worker
 from chancy.plugins.cron import Cron
 
+from benchmarks.library import Library
 from benchmarks.peers import _harness
 from benchmarks.peers._harness import WorkerOptions, report
 
@@ -217,43 +218,4 @@ class Adapter:
 
 
 ADAPTER = Adapter()
-
-
-def enqueue_bulk(dsn: str, n: int = 20000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs with ``push_many``."""
-    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
-
-
-def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs, one ``push`` call (transaction) each."""
-    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
-
-
-def drain(
-    dsn: str,
-    n: int = 20000,
-    concurrency: int = 32,
-    processes: int = 1,
-    *,
-    stats: str = "fresh",
-    tuning: dict[str, Any] | None = None,
-) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
-    ``tuning`` (default: ``best(concurrency)``)."""
-    settings = best(concurrency) if tuning is None else tuning
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
-
-
-def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
-    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
-    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
-
-
-def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
-    """Lateness/duplicates/missed of a per-second Cron schedule on ``nodes`` processes."""
-    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
-
-
-def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
-    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
-    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
+LIBRARY = Library(ADAPTER, best=best, tuning_candidates=tuning_candidates, asyncio_native=True)
