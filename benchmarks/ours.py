@@ -29,6 +29,7 @@ import asyncio
 import datetime as dt
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,12 +107,19 @@ def _tick(ctx: JobContext) -> None:
     report("tick", ctx.scheduled_at.timestamp(), started)
 
 
+def _declare_jobs(
+    scheduler: Scheduler | AsyncScheduler, cron: bool, jobs: tuple[Callable[..., Any], ...]
+) -> None:
+    noop, probe, tick = jobs
+    scheduler.one_time(NOOP)(noop)
+    scheduler.one_time(PROBE)(probe)
+    if cron:
+        scheduler.recurring(TICK, PER_SECOND)(tick)
+
+
 def build_scheduler(engine: sa.Engine, concurrency: int, *, cron: bool = False) -> Scheduler:
     scheduler = Scheduler(SchedulerConfig(engine=engine, max_concurrent_jobs=concurrency))
-    scheduler.one_time(NOOP)(_noop)
-    scheduler.one_time(PROBE)(_probe)
-    if cron:
-        scheduler.recurring(TICK, PER_SECOND)(_tick)
+    _declare_jobs(scheduler, cron, (_noop, _probe, _tick))
     return scheduler
 
 
@@ -183,7 +191,7 @@ class Adapter:
         self, dsn: str, ticks: list[tuple[Any, float]]
     ) -> list[tuple[float, float]]:
         # The job's own ``ctx.scheduled_at`` is the nominal tick.
-        return [(float(key), started) for key, started in ticks]
+        return _harness.ticks_are_nominal(ticks)
 
 
 ADAPTER = Adapter()
@@ -214,10 +222,7 @@ def build_async_scheduler(
     engine: AsyncEngine, concurrency: int, *, cron: bool = False
 ) -> AsyncScheduler:
     scheduler = AsyncScheduler(SchedulerConfig(engine=engine, max_concurrent_jobs=concurrency))
-    scheduler.one_time(NOOP)(_noop_async)
-    scheduler.one_time(PROBE)(_probe_async)
-    if cron:
-        scheduler.recurring(TICK, PER_SECOND)(_tick_async)
+    _declare_jobs(scheduler, cron, (_noop_async, _probe_async, _tick_async))
     return scheduler
 
 

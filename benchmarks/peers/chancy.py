@@ -42,19 +42,6 @@ QUEUE = "bench"
 TICK_KEY = "bench_tick"
 PER_SECOND = "* * * * * *"
 
-_PICK_LOG_SQL = """
-CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
-CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
-        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_log_pick AFTER UPDATE ON chancy_cron
-    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
-"""
-
 
 def _quiet_logger() -> logging.Logger:
     logger = logging.getLogger("benchmarks.peers.chancy")
@@ -163,9 +150,7 @@ class _Worker:
             await self.chancy.pool.close()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("chancy worker stopped")
-        return None
+        return _harness.task_failure(self.task, "chancy worker")
 
 
 class Adapter:
@@ -183,7 +168,7 @@ class Adapter:
             await chancy.migrate()
             await chancy.declare(_queue(32))
             async with chancy.pool.connection() as conn:
-                await conn.execute(_PICK_LOG_SQL)
+                await conn.execute(_harness.pick_log_sql("chancy_cron"))
             tick = Job.from_func(_tick, queue=QUEUE, unique_key=TICK_KEY)
             await Cron.schedule(chancy, PER_SECOND, tick)
             # The schedule row exists in every scenario; only cron workers poll it.
@@ -209,12 +194,9 @@ class Adapter:
     ) -> list[tuple[float, float]]:
         chancy = _app(dsn)
         async with chancy, chancy.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint,"
-                " extract(epoch FROM nominal)::float8 FROM bench_cron_picks"
-            )
-            nominal_by_pick = {picked: nominal for picked, nominal in await cursor.fetchall()}
-        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+            cursor = await conn.execute(_harness.PICKS_SQL)
+            picks = await cursor.fetchall()
+        return _harness.match_picks(ticks, picks)
 
 
 ADAPTER = Adapter()

@@ -61,21 +61,6 @@ def best(concurrency: int) -> dict[str, Any]:
     return BEST.get(concurrency) or {"batch_size": _default_batch(concurrency)}
 
 
-# Records which nominal tick each scheduler pick consumed (see module docstring).
-_PICK_LOG_SQL = """
-CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
-CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
-        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_log_pick AFTER UPDATE ON pgqueuer_schedules
-    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
-"""
-
-
 def _micros(value: datetime) -> int:
     return round(value.timestamp() * 1_000_000)
 
@@ -151,9 +136,7 @@ class _Worker:
             await self.connection.close()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("pgqueuer worker returned")
-        return None
+        return _harness.task_failure(self.task, "pgqueuer worker")
 
 
 class Adapter:
@@ -168,7 +151,7 @@ class Adapter:
         connection = await _connect(dsn)
         try:
             await Queries(AsyncpgDriver(connection)).install()
-            await connection.execute(_PICK_LOG_SQL)
+            await connection.execute(_harness.pick_log_sql("pgqueuer_schedules"))
         finally:
             await connection.close()
 
@@ -186,14 +169,10 @@ class Adapter:
     ) -> list[tuple[float, float]]:
         connection = await _connect(dsn)
         try:
-            rows = await connection.fetch(
-                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint AS picked,"
-                " extract(epoch FROM nominal)::float8 AS nominal FROM bench_cron_picks"
-            )
+            rows = await connection.fetch(_harness.PICKS_SQL)
         finally:
             await connection.close()
-        nominal_by_pick = {row["picked"]: row["nominal"] for row in rows}
-        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+        return _harness.match_picks(ticks, rows)
 
 
 ADAPTER = Adapter()

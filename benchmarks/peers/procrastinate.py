@@ -127,9 +127,7 @@ class _Worker:
             await self.app.close_async()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("procrastinate worker returned")
-        return None
+        return _harness.task_failure(self.task, "procrastinate worker")
 
 
 class Adapter:
@@ -163,7 +161,7 @@ class Adapter:
         self, dsn: str, ticks: list[tuple[Any, float]]
     ) -> list[tuple[float, float]]:
         # The job's own ``timestamp`` argument is the nominal tick.
-        return [(float(key), started) for key, started in ticks]
+        return _harness.ticks_are_nominal(ticks)
 
 
 ADAPTER = Adapter()
