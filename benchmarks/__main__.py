@@ -4,12 +4,17 @@
     python -m benchmarks --quick --only ours     # CI-sized, pg_scheduler alone (< 1 min)
     python -m benchmarks --url postgresql://... --json results.json --markdown RESULTS.md
     python -m benchmarks --scenarios drain_c32 drain_c32_stale --rounds 3 --sweep
+    python -m benchmarks --only ours pgqueuer --scenarios async_enqueue async_drain_c32 --rounds 3
 
 Every drain runs twice: with fresh planner statistics (ANALYZE after the fill) and with stale
 ones (``_stale``: no ANALYZE, autovacuum off on the scenario's tables; see
 ``benchmarks.peers._harness.STATS_MODES``). Each peer drains with its best settings for the
 concurrency: those recorded in its module (``BEST``), or with ``--sweep`` the best of a short
 drain with each of its candidate settings (``tuning_candidates``), measured in the same run.
+
+The ``async_*`` scenarios measure each library as an asyncio application uses it: pg_scheduler's
+``AsyncScheduler`` (psycopg 3 async; the ``_asyncpg`` rows: asyncpg) against pgqueuer, which is
+asyncio-native and runs exactly as in its other scenarios (its best settings, ``Queries.enqueue``).
 
 Starts its own embedded PostgreSQL 18 (with pg_stat_statements) unless ``--url`` is given; each
 scenario then works in a database of its own, created and dropped around it. Scenarios run one
@@ -32,10 +37,10 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from benchmarks import measures, ours, report
+from benchmarks.library import Library
 from benchmarks.peers import PEER_NAMES, _harness, load_peers
 
 LIBRARIES = (report.OURS, *PEER_NAMES)
@@ -92,7 +97,7 @@ QUICK = Sizes(
     sweep_drain=300,
 )
 
-Call = Callable[[ModuleType, str, Sizes], Any]
+Call = Callable[[Library, str, Sizes], Any]
 
 
 #: Each library's settings for a drain at a concurrency: ``(library, concurrency) -> settings``,
@@ -100,44 +105,61 @@ Call = Callable[[ModuleType, str, Sizes], Any]
 TUNED: dict[tuple[str, int], dict[str, Any]] = {}
 #: (concurrency, processes, stats) of each drain scenario.
 DRAINS: dict[str, tuple[int, int, str]] = {}
+#: The libraries the async scenarios compare (issue 19's targets are against pgqueuer).
+ASYNC_LIBRARIES = (report.OURS, "pgqueuer")
 
 
-def _drain(key: str, concurrency: int, processes: int, stats: str = "fresh") -> Call:
+def from_asyncio(library: Library) -> Library:
+    """The library as an asyncio application uses it (``Library.asyncio_library``)."""
+    if library.asyncio_library is None:
+        raise ValueError(f"{library.name}: no asyncio use to measure")
+    return library.asyncio_library
+
+
+def _drain(
+    key: str,
+    concurrency: int,
+    processes: int,
+    stats: str = "fresh",
+    *,
+    use: Callable[[Library], Library] = lambda library: library,
+) -> Call:
+    """A drain scenario; ``use`` picks which of the library's uses drains (``from_asyncio``)."""
     DRAINS[key] = (concurrency, processes, stats)
 
-    def call(module: ModuleType, dsn: str, sizes: Sizes) -> Any:
+    def call(library: Library, dsn: str, sizes: Sizes) -> Any:
         n = sizes.drain_concurrency_1 if concurrency == 1 else sizes.drain
-        return module.drain(
+        return use(library).drain(
             dsn,
             n=n,
             concurrency=concurrency,
             processes=processes,
             stats=stats,
-            tuning=TUNED.get((module.NAME, concurrency)),
+            tuning=TUNED.get((library.name, concurrency)),
         )
 
     return call
 
 
 def tune(
-    modules: dict[str, ModuleType], dsn: str, concurrency: int, sizes: Sizes, *, sweep: bool
+    modules: dict[str, Library], dsn: str, concurrency: int, sizes: Sizes, *, sweep: bool
 ) -> dict[str, Any]:
     """Settle each library's settings for drains at ``concurrency``: the recorded best, or with
     ``sweep`` the fastest of one short drain (fresh statistics) per candidate. Returns what was
     measured, for the report."""
     measured: dict[str, Any] = {}
-    for lib, module in modules.items():
+    for lib, library in modules.items():
         if (lib, concurrency) in TUNED:
             continue
-        candidates = module.tuning_candidates(concurrency)
+        candidates = library.tuning_candidates(concurrency)
         if not sweep or len(candidates) < 2:
-            TUNED[lib, concurrency] = module.best(concurrency)
+            TUNED[lib, concurrency] = library.best(concurrency)
             continue
         rates: list[tuple[float, dict[str, Any]]] = []
         for settings in candidates:
             began = time.monotonic()
             try:
-                rate = module.drain(
+                rate = library.drain(
                     dsn, n=sizes.sweep_drain, concurrency=concurrency, tuning=settings
                 )
             except Exception as exc:
@@ -154,7 +176,7 @@ def tune(
             TUNED[lib, concurrency] = max(rates, key=lambda item: item[0])[1]
             measured[lib] = [{"settings": settings, "jobs_per_s": rate} for rate, settings in rates]
         else:
-            TUNED[lib, concurrency] = module.best(concurrency)
+            TUNED[lib, concurrency] = library.best(concurrency)
     return measured
 
 
@@ -176,24 +198,47 @@ SCENARIOS: list[tuple[str, tuple[str, ...] | None, Call]] = [
     (
         "statements",
         None,
-        lambda m, dsn, s: measures.statements_per_job(m.ADAPTER, dsn, n=s.statements_jobs),
+        lambda m, dsn, s: measures.statements_per_job(m.adapter, dsn, n=s.statements_jobs),
     ),
     (
         "rss",
         None,
-        lambda m, dsn, s: measures.rss(m.ADAPTER, dsn, jobs=s.rss_jobs, warmup=s.rss_warmup),
+        lambda m, dsn, s: measures.rss(m.adapter, dsn, jobs=s.rss_jobs, warmup=s.rss_warmup),
     ),
     (
         "claim",
         (report.OURS,),
         lambda m, dsn, s: ours.claim_latency(dsn, rows=s.claim_rows, samples=s.claim_samples),
     ),
+    (
+        "async_enqueue",
+        ASYNC_LIBRARIES,
+        lambda m, dsn, s: from_asyncio(m).enqueue_one_by_one(dsn, n=s.one_by_one),
+    ),
+    ("async_drain_c32", ASYNC_LIBRARIES, _drain("async_drain_c32", 32, 1, use=from_asyncio)),
+    (
+        "async_enqueue_asyncpg",
+        (report.OURS,),
+        lambda m, dsn, s: ours.ASYNCPG_LIBRARY.enqueue_one_by_one(dsn, n=s.one_by_one),
+    ),
+    (
+        "async_drain_c32_asyncpg",
+        (report.OURS,),
+        _drain("async_drain_c32_asyncpg", 32, 1, use=lambda _: ours.ASYNCPG_LIBRARY),
+    ),
 ]
 SCENARIO_KEYS = tuple(key for key, _, _ in SCENARIOS)
 #: The scenarios with a ratio target, which ``--rounds`` repeats. Each round runs every library
 #: once, in turn, so a machine that slows down for a while (a shared VM does) weighs on every
 #: library alike; the table shows each library's median round.
-ROUNDED = ("enqueue_bulk", "enqueue_one_by_one", "drain_c32", "drain_c32_stale")
+ROUNDED = (
+    "enqueue_bulk",
+    "enqueue_one_by_one",
+    "drain_c32",
+    "drain_c32_stale",
+    "async_enqueue",
+    "async_drain_c32",
+)
 #: What ``--quick`` runs unless ``--scenarios`` says otherwise: one of each kind of figure.
 QUICK_SCENARIOS = (
     "enqueue_bulk",
@@ -206,6 +251,8 @@ QUICK_SCENARIOS = (
     "statements",
     "rss",
     "claim",
+    "async_enqueue",
+    "async_drain_c32",
 )
 
 
@@ -289,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     wanted = list(args.only or LIBRARIES)
     peers, skipped = load_peers([lib for lib in wanted if lib != report.OURS])
-    modules: dict[str, ModuleType] = {}
+    modules: dict[str, Library] = {}
     if report.OURS in wanted:
-        modules[report.OURS] = ours
-    modules.update(peers)
+        modules[report.OURS] = ours.LIBRARY
+    modules.update({name: module.LIBRARY for name, module in peers.items()})
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}", file=sys.stderr)
     libraries = list(modules)
@@ -315,21 +362,26 @@ def main(argv: list[str] | None = None) -> int:
         for key, applies, call in plan:
             if key in DRAINS:
                 concurrency = DRAINS[key][0]
-                swept = tune(modules, dsn, concurrency, sizes, sweep=args.sweep)
+                applicable = {
+                    lib: library
+                    for lib, library in modules.items()
+                    if applies is None or lib in applies
+                }
+                swept = tune(applicable, dsn, concurrency, sizes, sweep=args.sweep)
                 if swept:
                     sweeps[str(concurrency)] = swept
             rounds = max(1, args.rounds) if key in ROUNDED else 1
             for round_ in range(rounds):
                 # Every other round in reverse order: none always runs first, or last.
                 turn = list(modules.items())
-                for lib, module in turn[::-1] if round_ % 2 else turn:
+                for lib, library in turn[::-1] if round_ % 2 else turn:
                     if applies is not None and lib not in applies:
                         continue
                     if round_ and not isinstance(results[key].get(lib), float):
                         continue  # it failed: once is enough
                     began = time.monotonic()
                     try:
-                        value = call(module, dsn, sizes)
+                        value = call(library, dsn, sizes)
                     except Exception as exc:  # one failing scenario must not hide the others
                         traceback.print_exc()
                         value = f"error: {type(exc).__name__}: {exc}"[:300]
@@ -389,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tuning_report(
-    modules: dict[str, ModuleType], sweeps: dict[str, dict[str, Any]], *, swept: bool
+    modules: dict[str, Library], sweeps: dict[str, dict[str, Any]], *, swept: bool
 ) -> list[str]:
     """One line per (library, concurrency) with settings: what the drains ran with and, after a
     sweep, what each candidate drained."""

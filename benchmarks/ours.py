@@ -15,6 +15,11 @@ same "finished" polling). Configuration, library defaults unless stated:
 * Cron: ``@scheduler.recurring(name, "* * * * * *")`` (6 fields: seconds first). Every tick is a
   run of the job row, and ``ctx.scheduled_at`` is its nominal tick.
 
+* From asyncio (``ASYNC_LIBRARY``, ``ASYNCPG_LIBRARY``: the ``async_*`` scenarios): an
+  ``AsyncScheduler`` on ``create_async_engine`` with ``postgresql+psycopg`` (or
+  ``postgresql+asyncpg``), ``async def`` jobs, ``await scheduler.enqueue`` /
+  ``enqueue_many``; the rest as above.
+
 Scenarios that only pg_scheduler has (claim latency on a big table) live here too.
 """
 
@@ -24,15 +29,18 @@ import asyncio
 import datetime as dt
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg import conninfo as pg_conninfo
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import pg_scheduler
+from benchmarks.library import Library
 from benchmarks.peers import _harness
 from benchmarks.peers._harness import WorkerOptions, report
-from pg_scheduler import JobContext, Scheduler, SchedulerConfig
+from pg_scheduler import AsyncScheduler, JobContext, Scheduler, SchedulerConfig
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
 from pg_scheduler.node.poller import claim_due
@@ -99,12 +107,19 @@ def _tick(ctx: JobContext) -> None:
     report("tick", ctx.scheduled_at.timestamp(), started)
 
 
+def _declare_jobs(
+    scheduler: Scheduler | AsyncScheduler, cron: bool, jobs: tuple[Callable[..., Any], ...]
+) -> None:
+    noop, probe, tick = jobs
+    scheduler.one_time(NOOP)(noop)
+    scheduler.one_time(PROBE)(probe)
+    if cron:
+        scheduler.recurring(TICK, PER_SECOND)(tick)
+
+
 def build_scheduler(engine: sa.Engine, concurrency: int, *, cron: bool = False) -> Scheduler:
     scheduler = Scheduler(SchedulerConfig(engine=engine, max_concurrent_jobs=concurrency))
-    scheduler.one_time(NOOP)(_noop)
-    scheduler.one_time(PROBE)(_probe)
-    if cron:
-        scheduler.recurring(TICK, PER_SECOND)(_tick)
+    _declare_jobs(scheduler, cron, (_noop, _probe, _tick))
     return scheduler
 
 
@@ -176,57 +191,104 @@ class Adapter:
         self, dsn: str, ticks: list[tuple[Any, float]]
     ) -> list[tuple[float, float]]:
         # The job's own ``ctx.scheduled_at`` is the nominal tick.
-        return [(float(key), started) for key, started in ticks]
+        return _harness.ticks_are_nominal(ticks)
 
 
 ADAPTER = Adapter()
 
 
-def enqueue_bulk(dsn: str, n: int = 20000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs with one ``enqueue_many`` call."""
-    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
+# ---------------------------------------------------------------------- AsyncScheduler
+# The same scenarios from asyncio: an ``AsyncScheduler`` on an async engine
+# (``create_async_engine``), ``async def`` job functions, every enqueue awaited.
 
 
-def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs, one ``enqueue`` call (transaction) each."""
-    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
+async def _noop_async(ctx: JobContext) -> None:
+    return None
 
 
-def tuning_candidates(concurrency: int) -> list[dict[str, Any]]:
-    """pg_scheduler runs with its defaults (``max_concurrent_jobs`` aside): nothing to sweep."""
-    return [{}]
+async def _probe_async(ctx: JobContext) -> None:
+    _probe(ctx)
 
 
-def best(concurrency: int) -> dict[str, Any]:
-    return {}
+async def _tick_async(ctx: JobContext) -> None:
+    _tick(ctx)
 
 
-def drain(
-    dsn: str,
-    n: int = 20000,
-    concurrency: int = 32,
-    processes: int = 1,
-    *,
-    stats: str = "fresh",
-    tuning: dict[str, Any] | None = None,
-) -> float:
-    """Jobs/s for ``processes`` nodes (each ``concurrency``) to finish ``n`` queued jobs."""
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats)
+def make_async_engine(dsn: str, driver: str, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(sqlalchemy_url(dsn, driver), pool_size=pool_size, max_overflow=4)
 
 
-def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
-    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
-    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
+def build_async_scheduler(
+    engine: AsyncEngine, concurrency: int, *, cron: bool = False
+) -> AsyncScheduler:
+    scheduler = AsyncScheduler(SchedulerConfig(engine=engine, max_concurrent_jobs=concurrency))
+    _declare_jobs(scheduler, cron, (_noop_async, _probe_async, _tick_async))
+    return scheduler
 
 
-def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
-    """Lateness/duplicates/missed of a per-second recurring job on ``nodes`` processes."""
-    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
+class _AsyncClient:
+    def __init__(self, dsn: str, driver: str) -> None:
+        self.engine = make_async_engine(dsn, driver)
+        # Never started: the producer side of an asyncio application.
+        self.scheduler = build_async_scheduler(self.engine, 1)
+
+    async def enqueue_batch(self, count: int) -> None:
+        await self.scheduler.enqueue_many(NOOP, [None] * count)
+
+    async def enqueue_noop(self) -> None:
+        await self.scheduler.enqueue(NOOP)
+
+    async def enqueue_probe(self, sample: int, run_at: float | None) -> None:
+        when = dt.datetime.fromtimestamp(run_at, dt.timezone.utc) if run_at is not None else None
+        await self.scheduler.enqueue(PROBE, {"sample": sample}, run_at=when)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
-def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
-    """Statements/s sent by one idle node (see ``_harness.run_idle_statements``)."""
-    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
+class _AsyncWorker:
+    def __init__(self, dsn: str, driver: str, options: WorkerOptions) -> None:
+        self.engine = make_async_engine(dsn, driver, pool_size=options.concurrency + 4)
+        self.scheduler = build_async_scheduler(self.engine, options.concurrency, cron=options.cron)
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.scheduler.shutdown()
+        finally:
+            await self.engine.dispose()
+
+    def failed(self) -> BaseException | None:
+        return None
+
+
+class AsyncAdapter(Adapter):
+    """``AsyncScheduler`` with the SQLAlchemy async ``driver`` (``psycopg`` or ``asyncpg``); the
+    schema, the finished-jobs count and the cron ticks are the sync adapter's."""
+
+    def __init__(self, driver: str, attribute: str) -> None:
+        self.driver = driver
+        self.name = f"{NAME}_{driver}"
+        self.module = f"{__name__}:{attribute}"
+
+    async def open_client(self, dsn: str) -> _AsyncClient:  # type: ignore[override]
+        return _AsyncClient(dsn, self.driver)
+
+    async def make_worker(  # type: ignore[override]
+        self, dsn: str, options: WorkerOptions
+    ) -> _AsyncWorker:
+        return _AsyncWorker(dsn, self.driver, options)
+
+
+ASYNC_ADAPTER = AsyncAdapter("psycopg", "ASYNC_ADAPTER")
+ASYNCPG_ADAPTER = AsyncAdapter("asyncpg", "ASYNCPG_ADAPTER")
+#: ``AsyncScheduler`` on psycopg 3 async: what the async scenarios compare with pgqueuer.
+ASYNC_LIBRARY = Library(ASYNC_ADAPTER)
+#: The same on asyncpg (its own rows, pg_scheduler only).
+ASYNCPG_LIBRARY = Library(ASYNCPG_ADAPTER)
+LIBRARY = Library(ADAPTER, for_asyncio=ASYNC_LIBRARY)
 
 
 # ---------------------------------------------------------------------- pg_scheduler only

@@ -62,6 +62,16 @@ def at_least_x_best_peer(factor: float) -> Callable[[Row], bool | None]:
     return check
 
 
+def at_least_x_peer(peer: str, factor: float) -> Callable[[Row], bool | None]:
+    """pg_scheduler at least ``factor`` times one named peer (higher is better)."""
+
+    def check(row: Row) -> bool | None:
+        ours, theirs = row.values.get(OURS), row.values.get(peer)
+        return None if ours is None or not theirs else ours / theirs >= factor
+
+    return check
+
+
 def ours_at_most(limit: float) -> Callable[[Row], bool | None]:
     def check(row: Row) -> bool | None:
         value = row.values.get(OURS)
@@ -85,6 +95,9 @@ TARGETS = (
     Target("idle", "≤ 2 /s", ours_at_most(2.0)),
     Target("rss_growth", "flat: ≤ 5 MB after warm-up", ours_at_most(5.0)),
     Target("claim_ratio", "≤ 2x empty table", ours_at_most(2.0)),
+    # Issue 19: the AsyncScheduler against pgqueuer, both used from asyncio.
+    Target("async_enqueue", "≥ 1.0x pgqueuer", at_least_x_peer("pgqueuer", 1.0)),
+    Target("async_drain_c32", "≥ 1.5x pgqueuer", at_least_x_peer("pgqueuer", 1.5)),
 )
 
 
@@ -181,6 +194,13 @@ def build_rows(results: dict[str, dict[str, Any]], libraries: list[str]) -> list
         lambda r: 1000 * statistics.median(r["big"]),
     )
     add("claim:claim_ratio", "claim pass, big / empty", "x", False, lambda r: r["ratio"])
+    for key, label in (
+        ("async_enqueue", "async enqueue, one by one"),
+        ("async_drain_c32", "async drain, concurrency 32"),
+        ("async_enqueue_asyncpg", "async enqueue, one by one (asyncpg)"),
+        ("async_drain_c32_asyncpg", "async drain, concurrency 32 (asyncpg)"),
+    ):
+        add(key, label, "jobs/s", True, lambda r: r)
 
     peers = [lib for lib in libraries if lib != OURS]
     by_key = {row.key: row for row in rows}

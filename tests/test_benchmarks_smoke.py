@@ -45,7 +45,15 @@ def test_quick_benchmark_of_pg_scheduler_alone(tmp_path: Path) -> None:
     errors = {key: r["ours"] for key, r in results.items() if isinstance(r["ours"], str)}
     assert not errors, errors
     rows = {row["key"]: row for row in payload["rows"]}
-    for key in ("enqueue_bulk", "drain_c32", "wakeup_now_median", "cron_median", "claim_ratio"):
+    for key in (
+        "enqueue_bulk",
+        "drain_c32",
+        "wakeup_now_median",
+        "cron_median",
+        "claim_ratio",
+        "async_enqueue",
+        "async_drain_c32",
+    ):
         assert isinstance(rows[key]["values"]["ours"], float), key
     assert {"label", "unit", "target", "met", "ratio", "best_peer"} <= set(rows["drain_c32"])
     # The correctness figures hold even in a smoke run; speed is not judged here.
@@ -71,6 +79,38 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
     assert done.stderr.count("[idle] ours") == 1
 
 
+def test_async_scenarios_compare_the_async_scheduler_with_pgqueuer(tmp_path: Path) -> None:
+    """Issue 19's two async figures, at tiny sizes: ``AsyncScheduler`` (psycopg async, and the
+    asyncpg rows) against pgqueuer, both driven from asyncio. Needs the ``bench`` extra."""
+    pytest.importorskip("pgqueuer", reason="the bench extra is not installed")
+    pytest.importorskip("asyncpg")
+    pytest.importorskip("greenlet", reason="async engines need sqlalchemy[asyncio]")
+    out = tmp_path / "bench.json"
+    scenarios = (
+        "async_enqueue",
+        "async_drain_c32",
+        "async_enqueue_asyncpg",
+        "async_drain_c32_asyncpg",
+    )
+    run_module(
+        "benchmarks",
+        *("--quick", "--only", "ours", "pgqueuer", "--scenarios", *scenarios),
+        *("--json", str(out)),
+    )
+    payload = json.loads(out.read_text())
+    results = payload["results"]
+    assert set(results) == set(scenarios)
+    assert set(results["async_drain_c32"]) == {"ours", "pgqueuer"}
+    assert set(results["async_drain_c32_asyncpg"]) == {"ours"}, "pg_scheduler's rows alone"
+    rows = {row["key"]: row for row in payload["rows"]}
+    for key in scenarios:
+        assert isinstance(rows[key]["values"]["ours"], float), (key, results[key])
+    for key in ("async_enqueue", "async_drain_c32"):
+        assert isinstance(rows[key]["values"]["pgqueuer"], float), (key, results[key])
+        assert rows[key]["target"].endswith("pgqueuer"), rows[key]
+        assert rows[key]["met"] in (True, False), "the verdict is given (speed is not judged here)"
+
+
 @pytest.mark.parametrize(
     ("script", "arguments", "expected"),
     [
@@ -92,5 +132,5 @@ def test_rounds_repeat_the_ratio_scenarios_and_report_the_median(tmp_path: Path)
 )
 def test_profile_scripts_run(script: str, arguments: list[str], expected: str) -> None:
     """The profile scripts RESULTS.md quotes still run (each on its own embedded server)."""
-    done = run_module(f"benchmarks.{script}", *arguments)
+    done = run_module(f"benchmarks.profiles.{script}", *arguments)
     assert expected in done.stdout

@@ -1,13 +1,14 @@
 """Benchmark harnesses for the peer libraries pg_scheduler is compared against.
 
-Each peer module (``pgqueuer``, ``procrastinate``, ``chancy``) exposes the same scenario
-functions; see ``_harness`` for how each one is measured.  Peer modules import their
+Each peer module (``pgqueuer``, ``procrastinate``, ``chancy``) holds its adapter and exposes its
+scenarios as ``LIBRARY`` (a ``benchmarks.library.Library``); see ``_harness`` for how each one is
+measured.  Peer modules import their
 library at import time, so ``PEERS`` imports them lazily: a peer whose library is not
 installed is reported as skipped instead of breaking the whole benchmark.
 
     from benchmarks.peers import PEERS, PeerUnavailable
     try:
-        rate = PEERS["chancy"].drain(dsn)
+        rate = PEERS["chancy"].LIBRARY.drain(dsn)
     except PeerUnavailable as exc:
         print("skipped:", exc)
 """

@@ -214,7 +214,8 @@ class PeerWorker(Protocol):
 
 class PeerAdapter(Protocol):
     name: str
-    #: Importable module holding ``ADAPTER``; worker processes import it after ``spawn``.
+    #: Importable module holding ``ADAPTER`` (or ``module:ATTRIBUTE``, see ``load_adapter``); worker
+    #: processes import it after ``spawn``.
     module: str
     #: Caveats to print next to the cron figures (empty when there are none).
     cron_note: str
@@ -237,8 +238,60 @@ class PeerAdapter(Protocol):
         """Map reported ``(key, started)`` pairs to ``(nominal_epoch, started)`` pairs."""
 
 
+# --------------------------------------------------------------------------------------
+# Pieces several adapters share
+
+
+def task_failure(task: asyncio.Task[Any] | None, what: str) -> BaseException | None:
+    """``PeerWorker.failed`` for a worker run as an asyncio task: its exception, or an error if it
+    returned on its own; ``None`` while it runs (or once cancelled by ``stop``)."""
+    if task is not None and task.done() and not task.cancelled():
+        return task.exception() or RuntimeError(f"{what} returned")
+    return None
+
+
+def ticks_are_nominal(ticks: list[tuple[Any, float]]) -> list[tuple[float, float]]:
+    """``PeerAdapter.cron_runs`` for a library whose tick job reports its nominal tick itself."""
+    return [(float(key), started) for key, started in ticks]
+
+
+def pick_log_sql(schedules_table: str) -> str:
+    """Records which nominal tick each pick of a schedule row consumed (``next_run`` before the
+    pick, and the pick transaction's ``now()``), for a library whose tick job only knows when it
+    was picked: the trigger writes ``bench_cron_picks``, ``PICKS_SQL`` reads it back."""
+    return f"""
+CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
+CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
+        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_log_pick AFTER UPDATE ON {schedules_table}
+    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
+"""
+
+
+#: ``(picked_at in epoch microseconds, nominal tick in epoch seconds)`` of each logged pick.
+PICKS_SQL = (
+    "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint,"
+    " extract(epoch FROM nominal)::float8 FROM bench_cron_picks"
+)
+
+
+def match_picks(ticks: list[tuple[Any, float]], picks: Any) -> list[tuple[float, float]]:
+    """``(nominal, started)`` for each reported ``(picked_at micros, started)`` tick found among
+    the rows of ``PICKS_SQL``."""
+    nominal_by_pick = {row[0]: row[1] for row in picks}
+    return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+
+
 def load_adapter(module: str) -> PeerAdapter:
-    adapter: PeerAdapter = importlib.import_module(module).ADAPTER
+    """The adapter named by ``module``: ``package.module`` (its ``ADAPTER``) or
+    ``package.module:ATTRIBUTE`` (a module holding more than one adapter)."""
+    path, _, attribute = module.partition(":")
+    adapter: PeerAdapter = getattr(importlib.import_module(path), attribute or "ADAPTER")
     return adapter
 
 

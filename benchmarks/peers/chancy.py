@@ -33,6 +33,7 @@ from typing import Any
 from chancy import Chancy, Job, Queue, QueuedJob, Worker
 from chancy.plugins.cron import Cron
 
+from benchmarks.library import Library
 from benchmarks.peers import _harness
 from benchmarks.peers._harness import WorkerOptions, report
 
@@ -40,19 +41,6 @@ NAME = "chancy"
 QUEUE = "bench"
 TICK_KEY = "bench_tick"
 PER_SECOND = "* * * * * *"
-
-_PICK_LOG_SQL = """
-CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
-CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
-        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_log_pick AFTER UPDATE ON chancy_cron
-    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
-"""
 
 
 def _quiet_logger() -> logging.Logger:
@@ -162,9 +150,7 @@ class _Worker:
             await self.chancy.pool.close()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("chancy worker stopped")
-        return None
+        return _harness.task_failure(self.task, "chancy worker")
 
 
 class Adapter:
@@ -182,7 +168,7 @@ class Adapter:
             await chancy.migrate()
             await chancy.declare(_queue(32))
             async with chancy.pool.connection() as conn:
-                await conn.execute(_PICK_LOG_SQL)
+                await conn.execute(_harness.pick_log_sql("chancy_cron"))
             tick = Job.from_func(_tick, queue=QUEUE, unique_key=TICK_KEY)
             await Cron.schedule(chancy, PER_SECOND, tick)
             # The schedule row exists in every scenario; only cron workers poll it.
@@ -208,52 +194,10 @@ class Adapter:
     ) -> list[tuple[float, float]]:
         chancy = _app(dsn)
         async with chancy, chancy.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint,"
-                " extract(epoch FROM nominal)::float8 FROM bench_cron_picks"
-            )
-            nominal_by_pick = {picked: nominal for picked, nominal in await cursor.fetchall()}
-        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+            cursor = await conn.execute(_harness.PICKS_SQL)
+            picks = await cursor.fetchall()
+        return _harness.match_picks(ticks, picks)
 
 
 ADAPTER = Adapter()
-
-
-def enqueue_bulk(dsn: str, n: int = 20000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs with ``push_many``."""
-    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
-
-
-def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs, one ``push`` call (transaction) each."""
-    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
-
-
-def drain(
-    dsn: str,
-    n: int = 20000,
-    concurrency: int = 32,
-    processes: int = 1,
-    *,
-    stats: str = "fresh",
-    tuning: dict[str, Any] | None = None,
-) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
-    ``tuning`` (default: ``best(concurrency)``)."""
-    settings = best(concurrency) if tuning is None else tuning
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
-
-
-def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
-    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
-    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
-
-
-def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
-    """Lateness/duplicates/missed of a per-second Cron schedule on ``nodes`` processes."""
-    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
-
-
-def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
-    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
-    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
+LIBRARY = Library(ADAPTER, best=best, tuning_candidates=tuning_candidates, asyncio_native=True)

@@ -13,6 +13,8 @@ Configuration choices, all library defaults unless stated:
   tick is the ``next_run`` value the scheduler consumed; a trigger on
   ``pgqueuer_schedules`` records it (``bench_cron_picks``) so it can be matched to the
   run via the pick transaction's ``now()`` (= ``schedule.updated``).
+* pgqueuer is asyncio-native: the ``async_*`` scenarios run it exactly as the others do
+  (``Queries.enqueue`` one at a time; the drain with ``best(concurrency)``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, PgQueuer, Queries
 from pgqueuer.models import Job, Schedule
 
+from benchmarks.library import Library
 from benchmarks.peers import _harness
 from benchmarks.peers._harness import WorkerOptions, report
 
@@ -56,21 +59,6 @@ BEST: dict[int, dict[str, Any]] = {32: {"batch_size": 16}}
 
 def best(concurrency: int) -> dict[str, Any]:
     return BEST.get(concurrency) or {"batch_size": _default_batch(concurrency)}
-
-
-# Records which nominal tick each scheduler pick consumed (see module docstring).
-_PICK_LOG_SQL = """
-CREATE TABLE bench_cron_picks (picked_at timestamptz NOT NULL, nominal timestamptz NOT NULL);
-CREATE FUNCTION bench_log_pick() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.next_run IS DISTINCT FROM OLD.next_run THEN
-        INSERT INTO bench_cron_picks VALUES (now(), OLD.next_run);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_log_pick AFTER UPDATE ON pgqueuer_schedules
-    FOR EACH ROW EXECUTE FUNCTION bench_log_pick();
-"""
 
 
 def _micros(value: datetime) -> int:
@@ -148,9 +136,7 @@ class _Worker:
             await self.connection.close()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("pgqueuer worker returned")
-        return None
+        return _harness.task_failure(self.task, "pgqueuer worker")
 
 
 class Adapter:
@@ -165,7 +151,7 @@ class Adapter:
         connection = await _connect(dsn)
         try:
             await Queries(AsyncpgDriver(connection)).install()
-            await connection.execute(_PICK_LOG_SQL)
+            await connection.execute(_harness.pick_log_sql("pgqueuer_schedules"))
         finally:
             await connection.close()
 
@@ -183,54 +169,11 @@ class Adapter:
     ) -> list[tuple[float, float]]:
         connection = await _connect(dsn)
         try:
-            rows = await connection.fetch(
-                "SELECT (extract(epoch FROM picked_at) * 1000000)::bigint AS picked,"
-                " extract(epoch FROM nominal)::float8 AS nominal FROM bench_cron_picks"
-            )
+            rows = await connection.fetch(_harness.PICKS_SQL)
         finally:
             await connection.close()
-        nominal_by_pick = {row["picked"]: row["nominal"] for row in rows}
-        return [(nominal_by_pick[key], started) for key, started in ticks if key in nominal_by_pick]
+        return _harness.match_picks(ticks, rows)
 
 
 ADAPTER = Adapter()
-
-
-def enqueue_bulk(dsn: str, n: int = 20000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs with one batch ``enqueue`` call."""
-    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
-
-
-def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs, one ``enqueue`` call (transaction) each."""
-    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
-
-
-def drain(
-    dsn: str,
-    n: int = 20000,
-    concurrency: int = 32,
-    processes: int = 1,
-    *,
-    stats: str = "fresh",
-    tuning: dict[str, Any] | None = None,
-) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
-    ``tuning`` (default: ``best(concurrency)``)."""
-    settings = best(concurrency) if tuning is None else tuning
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
-
-
-def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
-    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
-    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
-
-
-def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
-    """Lateness/duplicates/missed of a per-second schedule on ``nodes`` processes."""
-    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
-
-
-def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
-    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
-    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
+LIBRARY = Library(ADAPTER, best=best, tuning_candidates=tuning_candidates, asyncio_native=True)

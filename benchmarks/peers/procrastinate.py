@@ -23,6 +23,7 @@ from typing import Any
 
 from procrastinate import App, PsycopgConnector
 
+from benchmarks.library import Library
 from benchmarks.peers import _harness
 from benchmarks.peers._harness import WorkerOptions, report
 
@@ -126,9 +127,7 @@ class _Worker:
             await self.app.close_async()
 
     def failed(self) -> BaseException | None:
-        if self.task is not None and self.task.done() and not self.task.cancelled():
-            return self.task.exception() or RuntimeError("procrastinate worker returned")
-        return None
+        return _harness.task_failure(self.task, "procrastinate worker")
 
 
 class Adapter:
@@ -162,47 +161,8 @@ class Adapter:
         self, dsn: str, ticks: list[tuple[Any, float]]
     ) -> list[tuple[float, float]]:
         # The job's own ``timestamp`` argument is the nominal tick.
-        return [(float(key), started) for key, started in ticks]
+        return _harness.ticks_are_nominal(ticks)
 
 
 ADAPTER = Adapter()
-
-
-def enqueue_bulk(dsn: str, n: int = 20000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs with one ``batch_defer_async`` call."""
-    return _harness.run_enqueue_bulk(ADAPTER, dsn, n)
-
-
-def enqueue_one_by_one(dsn: str, n: int = 2000) -> float:
-    """Jobs/s inserting ``n`` no-op jobs, one ``defer_async`` call (transaction) each."""
-    return _harness.run_enqueue_one_by_one(ADAPTER, dsn, n)
-
-
-def drain(
-    dsn: str,
-    n: int = 20000,
-    concurrency: int = 32,
-    processes: int = 1,
-    *,
-    stats: str = "fresh",
-    tuning: dict[str, Any] | None = None,
-) -> float:
-    """Jobs/s for ``processes`` workers (each ``concurrency``) to finish ``n`` queued jobs, with
-    ``tuning`` (default: ``best(concurrency)``)."""
-    settings = best(concurrency) if tuning is None else tuning
-    return _harness.run_drain(ADAPTER, dsn, n, concurrency, processes, stats=stats, tuning=settings)
-
-
-def wakeup_latency(dsn: str, samples: int = 50, delay_s: float = 0.0) -> list[float]:
-    """Seconds from commit (or from the scheduled time) to job start, one per sample."""
-    return _harness.run_wakeup_latency(ADAPTER, dsn, samples, delay_s)
-
-
-def cron_lateness(dsn: str, seconds: int = 10, nodes: int = 2) -> dict[str, Any]:
-    """Lateness/duplicates/missed of a per-second periodic task on ``nodes`` processes."""
-    return _harness.run_cron_lateness(ADAPTER, dsn, seconds, nodes)
-
-
-def idle_statements_per_second(dsn: str, seconds: float = 10) -> float:
-    """Statements/s sent by one idle worker (see ``_harness.run_idle_statements``)."""
-    return _harness.run_idle_statements(ADAPTER, dsn, seconds)
+LIBRARY = Library(ADAPTER, best=best, tuning_candidates=tuning_candidates, asyncio_native=True)

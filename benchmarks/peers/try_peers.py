@@ -27,9 +27,9 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.library import Library  # noqa: E402
 from benchmarks.peers import PEER_NAMES, _harness, load_peers  # noqa: E402
 
 
@@ -64,7 +64,7 @@ FULL = Sizes(
 )
 
 
-def scenarios(sizes: Sizes) -> list[tuple[str, Callable[[ModuleType, str], Any]]]:
+def scenarios(sizes: Sizes) -> list[tuple[str, Callable[[Library, str], Any]]]:
     """(label, call) pairs, in the order they are run and printed."""
     return [
         ("enqueue_bulk jobs/s", lambda m, dsn: m.enqueue_bulk(dsn, n=sizes.bulk)),
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, call in plan:
                 began = time.monotonic()
                 try:
-                    rows[label][name] = call(module, dsn)
+                    rows[label][name] = call(module.LIBRARY, dsn)
                 except Exception as exc:  # one failing scenario must not hide the others
                     traceback.print_exc()
                     rows[label][name] = f"error: {type(exc).__name__}"

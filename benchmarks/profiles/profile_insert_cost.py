@@ -1,7 +1,7 @@
 """What the server's side of one enqueue costs, table feature by table feature.
 
-    python -m benchmarks.profile_insert_cost --n 2000 --rounds 4
-    python -m benchmarks.profile_insert_cost --rounds 40 --batch 50 --temporary
+    python -m benchmarks.profiles.profile_insert_cost --n 2000 --rounds 4
+    python -m benchmarks.profiles.profile_insert_cost --rounds 40 --batch 50 --temporary
 
 Sends the INSERT that ``Scheduler.enqueue`` sends (without its NOTIFY) through raw psycopg in
 autocommit, one durable commit each, into copies of the jobs table that differ in their rules:
@@ -26,8 +26,8 @@ from typing import Any
 import psycopg
 
 from benchmarks import ours
-from benchmarks.profile_drain import arguments, installed
-from benchmarks.profile_enqueue import enqueue_statement, mean_ms
+from benchmarks.profiles.profile_drain import arguments, installed
+from benchmarks.profiles.profile_enqueue import enqueue_statement, mean_ms
 
 TABLE = ours.JOBS_TABLE
 

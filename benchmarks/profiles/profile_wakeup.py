@@ -1,6 +1,6 @@
 """Where a due-now job's wake-up time goes, stage by stage, in one in-process node.
 
-    python -m benchmarks.profile_wakeup --samples 50
+    python -m benchmarks.profiles.profile_wakeup --samples 50
 
 Each sample enqueues a job while the node is idle and timestamps (``time.perf_counter``) the
 enqueue's return, the listener receiving the NOTIFY, the poller's claim starting and returning,
@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from benchmarks import ours
-from benchmarks.profile_drain import arguments, installed
+from benchmarks.profiles.profile_drain import arguments, installed
 from pg_scheduler import JobContext
 from pg_scheduler.node.poller import Poller
 

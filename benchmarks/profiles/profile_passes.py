@@ -1,6 +1,6 @@
 """Where a drain's time goes, stage by stage: one in-process node, each stage timed as it runs.
 
-    python -m benchmarks.profile_passes --jobs 20000 --concurrency 32
+    python -m benchmarks.profiles.profile_passes --jobs 20000 --concurrency 32
 
 Wraps the poller's pass, its slot gathering, the claim statement, the dispatch, each job's run
 and the grouped outcome writes with timers (a few microseconds each), drains ``--jobs`` no-op
@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, installed
+from benchmarks.profiles.profile_drain import arguments, installed
 from pg_scheduler import scheduler
 from pg_scheduler.db import repository
 from pg_scheduler.node import poller

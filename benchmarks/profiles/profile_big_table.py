@@ -1,7 +1,7 @@
 """What enqueueing costs when the jobs table already holds many rows: time-ordered vs random keys.
 
-    python -m benchmarks.profile_big_table --rows 1000000 --rounds 3
-    python -m benchmarks.profile_big_table --rows 200000 --rounds 2 --bulk 5000 --one-by-one 500
+    python -m benchmarks.profiles.profile_big_table --rows 1000000 --rounds 3
+    python -m benchmarks.profiles.profile_big_table --rows 200000 --rounds 2 --bulk 5000 --one-by-one 500
 
 A one-time job's key is ``name#<uuid>``, the jobs table's primary key. With a random UUID (what
 pg_scheduler drew before UUIDv7) every new row's index entry lands on a random leaf page of the
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, server
+from benchmarks.profiles.profile_drain import arguments, server
 from pg_scheduler import scheduler
 from pg_scheduler.db import repository
 from pg_scheduler.migrations import upgrade

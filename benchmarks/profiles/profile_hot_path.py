@@ -1,6 +1,6 @@
 """The node's CPU per job on one thread: claim, run and outcome write, with no thread switches.
 
-    python -m benchmarks.profile_hot_path --rounds 12 --jobs-per-round 800
+    python -m benchmarks.profiles.profile_hot_path --rounds 12 --jobs-per-round 800
 
 Claims 32 jobs at a time on the poller's kept connection, runs each no-op job as a worker would
 (context, execution, outcome), writes the batch's outcomes as the grouped writer does, and counts
@@ -15,7 +15,7 @@ import time
 
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, installed
+from benchmarks.profiles.profile_drain import arguments, installed
 from pg_scheduler.runtime.workers import RunningJob, attempt_outcome, execute, new_context
 
 BATCH = 32

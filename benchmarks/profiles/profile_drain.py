@@ -1,8 +1,8 @@
 """Drain a backlog with one in-process node, for profiling the hot path.
 
-    python -m benchmarks.profile_drain --jobs 20000 --concurrency 32
-    py-spy record -o drain.svg -- python -m benchmarks.profile_drain --jobs 20000
-    python -m benchmarks.profile_drain --cprofile drain.pstats
+    python -m benchmarks.profiles.profile_drain --jobs 20000 --concurrency 32
+    py-spy record -o drain.svg -- python -m benchmarks.profiles.profile_drain --jobs 20000
+    python -m benchmarks.profiles.profile_drain --cprofile drain.pstats
 
 Prints jobs/s, the node's and (on this host, Linux) the server's CPU per job, and the statements
 the node sent per job, by statement (pg_stat_statements), so a change to the engine can be judged

@@ -1,7 +1,7 @@
 """The claim on a big table: its plan, and how long one claim takes.
 
-    python -m benchmarks.claim_plan --url postgresql+psycopg://postgres@127.0.0.1:5432/test
-    python -m benchmarks.claim_plan --rows 1000000 --due 20 --rounds 200
+    python -m benchmarks.profiles.claim_plan --url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python -m benchmarks.profiles.claim_plan --rows 1000000 --due 20 --rounds 200
 
 Installs a fresh table prefix, measures claims on the empty table, fills it with ``--rows`` pending
 one-time jobs (``--due`` of them due now, the rest spread over the coming days) with one

@@ -1,7 +1,7 @@
 """Where one enqueue's time goes: pg_scheduler's call against the same SQL sent by hand.
 
-    python -m benchmarks.profile_enqueue --n 2000
-    python -m benchmarks.profile_enqueue --n 4000 --rounds 20
+    python -m benchmarks.profiles.profile_enqueue --n 2000
+    python -m benchmarks.profiles.profile_enqueue --n 4000 --rounds 20
 
 Each line is the mean wall time of ``--n`` sequential calls in one process, and the mean CPU
 time the calling thread spent on each (the client's own work): ``Scheduler.enqueue``; the exact
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 import pg_scheduler
 from benchmarks import ours
-from benchmarks.profile_drain import arguments, installed
+from benchmarks.profiles.profile_drain import arguments, installed
 
 
 def mean_ms(n: int, call: Callable[[], Any]) -> float:

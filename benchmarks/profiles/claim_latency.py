@@ -1,9 +1,9 @@
 """Claim latency against the due backlog, with the planner statistics never gathered and fresh.
 
-    python -m benchmarks.claim_latency                       # embedded PostgreSQL, full table
-    python -m benchmarks.claim_latency --url postgresql://postgres@127.0.0.1:5432/test
-    python -m benchmarks.claim_latency --backlogs 0 10000 --samples 50     # a quick look
-    python -m benchmarks.claim_latency --planner-settings off              # the claim before
+    python -m benchmarks.profiles.claim_latency                       # embedded PostgreSQL, full table
+    python -m benchmarks.profiles.claim_latency --url postgresql://postgres@127.0.0.1:5432/test
+    python -m benchmarks.profiles.claim_latency --backlogs 0 10000 --samples 50     # a quick look
+    python -m benchmarks.profiles.claim_latency --planner-settings off              # the claim before
 
 For each due backlog (0, 10,000, 100,000 and 1,000,000 jobs by default) a database of its own is
 created, pg_scheduler installed, autovacuum switched off on its jobs table (so it cannot analyze
@@ -176,7 +176,7 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.claim_latency", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.profiles.claim_latency", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--url", help="use this PostgreSQL (libpq DSN or SQLAlchemy URL)")
     parser.add_argument("--backlogs", type=int, nargs="+", default=list(BACKLOGS))
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         queries.PLANNER_SETTINGS_SQL = "SELECT 1"
 
     started = time.monotonic()
-    command = " ".join(["python -m benchmarks.claim_latency", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.profiles.claim_latency", *(argv or sys.argv[1:])])
     with server(args.url) as dsn:
         with _harness.admin_connection(dsn) as conn:
             version = conn.execute("SHOW server_version").fetchone()

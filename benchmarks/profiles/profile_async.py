@@ -1,6 +1,6 @@
 """AsyncScheduler on its own: sequential enqueues, then a drain of async no-op jobs.
 
-    python -m benchmarks.profile_async --driver asyncpg --enqueues 1000 --jobs 20000
+    python -m benchmarks.profiles.profile_async --driver asyncpg --enqueues 1000 --jobs 20000
 
 ``python -m benchmarks`` measures the threaded ``Scheduler`` (the peers' table compares one
 library with the others); this gives the same two figures for ``AsyncScheduler`` on an async
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from benchmarks import ours
 from benchmarks.peers import _harness
-from benchmarks.profile_drain import arguments, installed
+from benchmarks.profiles.profile_drain import arguments, installed
 from pg_scheduler import AsyncScheduler, JobContext, SchedulerConfig
 
 
