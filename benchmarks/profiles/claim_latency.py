@@ -79,7 +79,7 @@ def passes(scheduler: pg_scheduler.Scheduler, samples: int, limit: int) -> list[
     for sample in range(samples + 5):
         scheduler.enqueue_many(ours.NOOP, [None] * limit)
         started = time.perf_counter()
-        with scheduler.autocommit(scheduler.claim_connection) as repo:
+        with scheduler.database.autocommit(scheduler.database.claim_connection) as repo:
             claimed, _wait = claim_due(repo, NODE, names, limit)
         elapsed = time.perf_counter() - started
         if len(claimed) != limit:
@@ -138,7 +138,7 @@ def measure(dsn: str, backlog: int, samples: int, limit: int) -> dict[str, Any]:
                             flush=True,
                         )
                 finally:
-                    scheduler.close_autocommit_connections()
+                    scheduler.database.close()
         finally:
             engine.dispose()
     return cell

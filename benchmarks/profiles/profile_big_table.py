@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profiles.profile_drain import arguments, server
-from pg_scheduler import scheduler
 from pg_scheduler.db import repository
 from pg_scheduler.migrations import upgrade
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
+from pg_scheduler.node import node as node_module
 
 KINDS = ("random", "ordered")
 
@@ -48,7 +48,7 @@ def _random_key(name: str) -> str:
 @contextmanager
 def _keys(kind: str) -> Iterator[None]:
     """Draw one-time keys of ``kind`` in this process while the block runs."""
-    modules = (repository, scheduler)  # the scheduler draws a key before it sends the insert
+    modules = (repository, node_module)  # the node draws a key before it sends the insert
     drawn = [module.new_key for module in modules]
     if kind == "random":
         for module in modules:

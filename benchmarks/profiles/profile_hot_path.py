@@ -16,7 +16,9 @@ import time
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profiles.profile_drain import arguments, installed
-from pg_scheduler.runtime.workers import RunningJob, attempt_outcome, execute, new_context
+from pg_scheduler.node.attempt import attempt_outcome, new_context
+from pg_scheduler.node.running import RunningJob
+from pg_scheduler.runtime.workers import execute
 
 BATCH = 32
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             done = 0
             while done < per_round:
                 t0 = time.thread_time()
-                with node.autocommit(node.claim_connection) as repo:
+                with node.database.autocommit(node.database.claim_connection) as repo:
                     claimed = repo.claim(node.node_id, names, BATCH)
                 t1 = time.thread_time()
                 items = []
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     items.append((one, attempt_outcome(running, error, 0)))
                     node.inflight.end_code(running)
                 t2 = time.thread_time()
-                node._write_outcomes(items)
+                node.runtime._write_group(items)
                 for one, _ in items:
                     node.inflight.remove(one.lease_id)
                 t3 = time.thread_time()

@@ -12,6 +12,7 @@ CPU or the GIL. Starts its own embedded PostgreSQL unless ``--url``.
 from __future__ import annotations
 
 import functools
+import inspect
 import statistics
 import time
 from collections import defaultdict
@@ -21,9 +22,8 @@ from typing import Any
 from benchmarks import ours
 from benchmarks.peers import _harness
 from benchmarks.profiles.profile_drain import arguments, installed
-from pg_scheduler import scheduler
 from pg_scheduler.db import repository
-from pg_scheduler.node import poller
+from pg_scheduler.node import attempt, poller
 from pg_scheduler.runtime import outcomes
 
 # stage -> (started, ended, size) of every call
@@ -41,25 +41,32 @@ def timed(stage: str, size: Callable[[Any, tuple[Any, ...]], int] = lambda r, a:
             spans[stage].append((began, time.perf_counter(), size(result, args)))
             return result
 
-        return inner
+        @functools.wraps(fn)
+        async def inner_async(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            result = await fn(*args, **kwargs)
+            spans[stage].append((began, time.perf_counter(), size(result, args)))
+            return result
+
+        return inner_async if inspect.iscoroutinefunction(fn) else inner
 
     return wrap
 
 
 def instrument() -> None:
-    p, r, o, s = poller.Poller, repository.JobRepository, outcomes.OutcomeWriter, scheduler
+    p, r, o = poller.Poller, repository.JobRepository, outcomes.OutcomeWriter
     p.run_once = timed("pass", lambda res, a: res.claimed)(p.run_once)  # type: ignore[method-assign]
     p._gather_slots = timed("gather slots")(p._gather_slots)  # type: ignore[method-assign]
     p._dispatch = timed("dispatch", lambda res, a: len(a[1]))(p._dispatch)  # type: ignore[method-assign]
     r.claim = timed("claim statement + rows", lambda res, a: len(res))(r.claim)  # type: ignore[method-assign]
     o._flush = timed("outcome group write", lambda res, a: len(a[1]))(o._flush)  # type: ignore[method-assign]
-    run = s.Scheduler._run
+    run = attempt.Attempts.run
 
-    def _run(self: Any, running: Any) -> None:
+    async def _run(self: Any, running: Any, **options: Any) -> None:
         starts.append((running.started, time.perf_counter()))
-        run(self, running)
+        await run(self, running, **options)
 
-    s.Scheduler._run = _run  # type: ignore[method-assign]
+    attempt.Attempts.run = _run  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:
