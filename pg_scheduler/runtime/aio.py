@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 _KEPT_STREAMS = (Stream.CLAIM, Stream.OUTCOME, Stream.ENQUEUE)
 
+_timeout: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
+
 
 class AsyncWakeup:
     """``asyncio.Event`` as a ``Wakeup``; ``set`` from another thread goes through the loop."""
@@ -75,10 +77,49 @@ class AsyncWakeup:
         if self._event.is_set():
             return True
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            if _timeout is None or timeout is None:  # Python 3.10
+                await asyncio.wait_for(self._event.wait(), timeout)
+            else:
+                async with _timeout(timeout):
+                    await self._event.wait()
         except asyncio.TimeoutError:
             return False
         return True
+
+
+_EMPTY_HOOKS = (Job.init, Job.shutdown)
+
+
+class _Canceller:
+    """Cancels the task running an async job's hooks, once, and only while they run (see
+    ``AsyncRuntime.run_code``); callable from any thread."""
+
+    __slots__ = ("armed", "delivered", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task = asyncio.current_task()
+        self.armed = True
+        self.delivered = False
+
+    def cancel(self) -> None:
+        if running_loop() is self.loop:
+            self._cancel()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        # On the loop: the task is suspended at an await, so the cancellation lands there, in the
+        # hooks, while ``armed``; ``disarm`` runs on the loop too, right after the hooks.
+        if self.armed and self.task is not None and not self.delivered:
+            self.delivered = True
+            self.task.cancel()
+
+    def disarm(self) -> None:
+        self.armed = False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+        if self.delivered and uncancel is not None:
+            uncancel()  # the job took its cancellation; the attempt goes on to its outcome
 
 
 class _Kept:
@@ -141,7 +182,10 @@ class AsyncRuntime:
         try:
             if self._deadline is None:
                 return await self._db(fn, stream)
-            return await asyncio.wait_for(self._db(fn, stream), self._deadline)
+            if _timeout is None:  # Python 3.10
+                return await asyncio.wait_for(self._db(fn, stream), self._deadline)
+            async with _timeout(self._deadline):  # no task of its own, unlike wait_for
+                return await self._db(fn, stream)
         except asyncio.TimeoutError as exc:
             logger.warning(
                 "a transaction took longer than %.1fs; it was abandoned",
@@ -289,28 +333,23 @@ class AsyncRuntime:
         task.add_done_callback(self._attempts.discard)
 
     async def run_code(self, running: RunningJob, *, here: bool = False) -> BaseException | None:
-        """Run the attempt's hooks as a task of its own, which ``running.stop()`` cancels (once)
-        when the job is async; wait for that task to end whatever the job does with the
-        cancellation."""
-        attempt = asyncio.create_task(self._hooks(running))
-        if running.job.is_async:
-            loop = asyncio.get_running_loop()
-
-            def cancel() -> None:
-                if running_loop() is loop:
-                    attempt.cancel()
-                elif not loop.is_closed():
-                    loop.call_soon_threadsafe(attempt.cancel)
-
-            running.on_stop = cancel
-            if running.stop_reason is not None:  # asked to stop before the task existed
-                attempt.cancel()
-        # wait() rather than ``await attempt``: a task cancelled before its first step ends
-        # cancelled without running _hooks, and that is this attempt's outcome, not ours.
-        await asyncio.wait({attempt})
-        if attempt.cancelled():
-            return asyncio.CancelledError()
-        return attempt.result()
+        """Run the attempt's hooks in this task (``here``: a task of their own, not the caller's).
+        While the hooks of an async job run, ``running.stop()`` cancels that task once, so the job
+        sees ``CancelledError``; never afterwards, so the outcome write is not cut short."""
+        if running.job.is_async and running.stop_reason is not None:
+            return asyncio.CancelledError()  # asked to stop before its code started
+        if here:
+            task = asyncio.create_task(self.run_code(running))
+            await asyncio.wait({task})
+            return task.result()
+        if not running.job.is_async:
+            return await self._hooks(running)  # a thread cannot be cancelled: ctx.cancelled only
+        canceller = _Canceller(asyncio.get_running_loop())
+        running.on_stop = canceller.cancel
+        try:
+            return await self._hooks(running)
+        finally:
+            canceller.disarm()
 
     async def _hooks(self, running: RunningJob) -> BaseException | None:
         """``init``, ``run``, then ``shutdown`` whatever happened; returns the exception that
@@ -330,10 +369,10 @@ class AsyncRuntime:
         return error
 
     async def _call(self, hook: Callable[[JobContext], Any], ctx: JobContext) -> Any:
+        if getattr(hook, "__func__", None) in _EMPTY_HOOKS:
+            return None  # the base class's empty hooks: no thread hop for nothing
         if is_async_callable(hook):
             return await hook(ctx)
-        if getattr(hook, "__func__", None) in (Job.init, Job.shutdown):
-            return None  # the base class's empty hooks: no thread hop for nothing
         result = await self._in_thread(hook, ctx)
         if inspect.isawaitable(result):
             return await result

@@ -119,8 +119,8 @@ class AsyncOutcomeWriter:
         self._queue.append((claimed, outcome, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name="pg_scheduler:outcomes")
-        # Shielded: a caller cancelled meanwhile does not cancel the group's write.
-        return await asyncio.shield(done)
+        # A caller cancelled meanwhile cancels ``done``, not the group's write (``_drain`` skips it).
+        return await done
 
     async def _drain(self) -> None:
         while self._queue:
