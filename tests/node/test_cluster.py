@@ -19,7 +19,7 @@ from pg_scheduler.cli.views import jobs_table
 from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.models import Models
 from pg_scheduler.testing import wait_until
-from tests.cluster import FAST, Cluster
+from tests.support.cluster import FAST, Cluster
 
 pytestmark = pytest.mark.slow
 

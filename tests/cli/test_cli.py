@@ -30,7 +30,7 @@ from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import RunStatus
 from pg_scheduler.testing import TestServer, unique_prefix, wait_until
-from tests.factories import ago, count_jobs, make_job, make_node, make_run, runs_of
+from tests.support.factories import ago, count_jobs, make_job, make_node, make_run, runs_of
 
 Invoke = Callable[..., Result]
 

@@ -14,7 +14,7 @@ from pg_scheduler.models import Models
 from pg_scheduler.runtime.outcomes import OutcomeWriter
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import wait_until
-from tests.factories import make_job, repository, runs_of, snapshot
+from tests.support.factories import make_job, repository, runs_of, snapshot
 
 NODE = "outcomes-host:1:12345678"
 

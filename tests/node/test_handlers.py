@@ -37,7 +37,7 @@ from pg_scheduler.aio import AsyncScheduler
 from pg_scheduler.cli import views
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import TestServer, wait_until
-from tests.test_async_scheduler import DRIVERS, node, until
+from tests.node.test_async_scheduler import DRIVERS, node, until
 
 #: An engine that cannot connect (nothing listens on port 1): "the database is down".
 DOWN_URL = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"

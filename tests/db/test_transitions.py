@@ -30,7 +30,7 @@ from pg_scheduler.models import Models, build_models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import JobStatus, JobType, RunStatus, Transition
 from pg_scheduler.testing import grant_runtime_privileges
-from tests.factories import ago, from_now, make_job, repository, runs_of, snapshot
+from tests.support.factories import ago, from_now, make_job, repository, runs_of, snapshot
 
 NODE = "transitions-host:1:abcdef01"
 STALL_TIMEOUT = dt.timedelta(minutes=5)

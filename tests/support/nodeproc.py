@@ -1,4 +1,4 @@
-"""A scheduler node as a real process, for multi-process tests: ``python tests/nodeproc.py``.
+"""A scheduler node as a real process, for multi-process tests: ``python tests/support/nodeproc.py``.
 
 Configured by one environment variable, ``PGS_NODE`` (JSON): ``url``, ``prefix``, ``node_name``,
 ``jobs`` (names from ``CATALOG`` to register), ``recurring`` (``{name: cron}`` or
@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pg_scheduler import Job, JobConfig, JobContext, RetryBackoff, Scheduler, SchedulerConfig
 

@@ -21,7 +21,7 @@ from pg_scheduler.db.repository import JobRepository, OneTimeSpec, Outcome, Recu
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import JobStatus, RunStatus
-from tests.factories import (
+from tests.support.factories import (
     ago,
     count_jobs,
     db_now,

@@ -35,7 +35,7 @@ from pg_scheduler.models import build_models
 from pg_scheduler.naming import MAX_PREFIX_LENGTH, Names
 from pg_scheduler.testing import TestServer, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LONGEST_PREFIX = "l" * (MAX_PREFIX_LENGTH - 1) + "_"
 DDL_RE = re.compile(r"^\s*(CREATE|ALTER|DROP|INSERT|UPDATE|DELETE|TRUNCATE|COMMENT|GRANT)\b", re.I)
 

@@ -2,7 +2,7 @@
 
 Where the original asserted behaviour that was a bug, the test asserts the corrected behaviour and
 a comment says what the original expected and why it was wrong. ``TestCalculateNextRun`` lives in
-``tests/test_cron.py``.
+``tests/unit/test_cron.py``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pg_scheduler.errors import (
 )
 from pg_scheduler.models import Models
 from pg_scheduler.params import DEFAULT_MAX_PARAMS_BYTES, encode_params
-from tests.factories import count_jobs, repository
+from tests.support.factories import count_jobs, repository
 
 
 def circular() -> Any:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from pg_scheduler import RetryBackoff, SchedulerConfig, errors
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 RULES = README[README.index("Every rule `SchedulerConfig` checks") :]
 RULES = RULES[: RULES.index("\n\n", RULES.index("\n- "))]
 

@@ -23,7 +23,7 @@ from pg_scheduler.config import SchedulerConfig
 from pg_scheduler.errors import InvalidPrefixError, InvalidSchemaNameError
 from pg_scheduler.naming import MAX_IDENTIFIER_BYTES, MAX_PREFIX_LENGTH, Names
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # What a derived name may look like: unquoted-safe lower-case ASCII (the channel also has a dot
 # between schema and prefix; the dialect quotes it wherever it reaches SQL).

@@ -12,7 +12,7 @@ import pytest
 
 import pg_scheduler
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DISTRIBUTION = "sqlalchemy-pg-scheduler"
 # An install command with the old name (with any extra) installs the unrelated project.
 OLD = "pg-scheduler" + "["

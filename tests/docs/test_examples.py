@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pg_scheduler import migrations
 from pg_scheduler.testing import unique_prefix
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 300  # seconds; each example bounds its own run and fails rather than hang
 
 

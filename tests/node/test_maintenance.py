@@ -21,7 +21,7 @@ from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.node.maintenance import pass_interval
 from pg_scheduler.testing import TestServer, wait_until
-from tests.factories import make_job
+from tests.support.factories import make_job
 
 ORPHAN_TIMEOUT = dt.timedelta(seconds=2)
 # Short leases (so passes are short), the hourly cleanup left at its default.

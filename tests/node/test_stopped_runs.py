@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from pg_scheduler import CancelReason, JobContext, JobStatus, RunStatus, Scheduler
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
-from tests.test_async_scheduler import async_url, has_status, node, until  # noqa: F401
+from tests.node.test_async_scheduler import async_url, has_status, node, until  # noqa: F401
 
 FOREVER = 30.0
 

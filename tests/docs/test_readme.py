@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from pg_scheduler.testing import TestServer
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(r"```python\n(# example: (\S+)\n.*?)```", re.DOTALL)
 EXAMPLES = {name: code for code, name in BLOCK.findall(README.read_text())}
 FILE_BLOCK = re.compile(r"```python\n(# file: (\S+)\n.*?)```", re.DOTALL)

@@ -25,7 +25,7 @@ from pg_scheduler.errors import InvalidStateError
 from pg_scheduler.models import Models
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import wait_until
-from tests.factories import (
+from tests.support.factories import (
     ago,
     make_job,
     make_jobs,

@@ -5,7 +5,7 @@ Every test runs once per async driver. Tests are plain functions that drive a co
 Invariants that involve several nodes are SQL over the runs table or over an effects table the
 test job writes through a connection of its own.
 
-Run as a script (``python tests/test_async_scheduler.py node '<json>'``) this file is a node
+Run as a script (``python tests/node/test_async_scheduler.py node '<json>'``) this file is a node
 process, which the crash-recovery test kills with SIGKILL.
 """
 
@@ -463,7 +463,7 @@ def test_each_tick_runs_exactly_once_across_two_nodes(
 def test_a_killed_nodes_job_is_recovered_by_another(
     async_url: str, names: Names, engine: sa.Engine
 ) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     victim = subprocess.Popen(
         [sys.executable, __file__, "node", json.dumps({"url": async_url, "prefix": names.prefix})],
         cwd=root,
