@@ -215,7 +215,7 @@ def test_async_scheduler_goes_direct_on_psycopg_async(
 ) -> None:
     """AsyncScheduler's autocommit statements run inside ``run_sync``: on psycopg async they go
     straight to the (adapted) cursor too; asyncpg's positional parameters keep SQLAlchemy's path."""
-    from tests.node.test_async_scheduler import node
+    from tests.support.runtimes import node
 
     async def main() -> None:
         settings = {"listen": False, "run_immediately": False}

@@ -36,18 +36,13 @@ from pg_scheduler import (
 from pg_scheduler.aio import AsyncScheduler
 from pg_scheduler.cli import views
 from pg_scheduler.naming import Names
-from pg_scheduler.testing import TestServer, wait_until
-from tests.node.test_async_scheduler import DRIVERS, node, until
+from pg_scheduler.testing import wait_until
+from tests.support.runtimes import node, until
 
 #: An engine that cannot connect (nothing listens on port 1): "the database is down".
 DOWN_URL = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"
 #: A retry waits an hour: run_pending() runs only the first attempt.
 SLOW_RETRIES = RetryBackoff(base=dt.timedelta(hours=1), jitter=0)
-
-
-@pytest.fixture(params=DRIVERS)
-def async_url(request: pytest.FixtureRequest, pg_scheduler_server: TestServer) -> str:
-    return pg_scheduler_server.url_for(request.param)
 
 
 def always_fails(ctx: JobContext) -> None:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from pg_scheduler import CancelReason, JobContext, JobStatus, RunStatus, Scheduler
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
-from tests.node.test_async_scheduler import async_url, has_status, node, until  # noqa: F401
+from tests.support.runtimes import has_status, node, until
 
 FOREVER = 30.0
 
@@ -190,7 +190,7 @@ def test_a_lost_lease_tells_the_code_why(
 
 # ---------------------------------------------------------------------- AsyncScheduler: same rule
 def test_async_scheduler_hands_back_on_shutdown_and_cancels_on_cancel_job(
-    async_url: str,  # noqa: F811
+    async_url: str,
     names: Names,
 ) -> None:
     async def main() -> None:

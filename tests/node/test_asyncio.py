@@ -1,11 +1,13 @@
-"""``AsyncScheduler`` on asyncpg and on psycopg async: the scheduler issue's guarantees, for asyncio.
+"""What only ``AsyncScheduler`` has, on asyncpg and on psycopg async (the contract both runtimes
+share is ``test_contract.py``): code on the application's loop, ``asyncio.CancelledError``, async
+sessions, grouped outcome writes, nodes as processes.
 
-Every test runs once per async driver. Tests are plain functions that drive a coroutine with
+Every test runs once per async driver (the ``async_url`` fixture of ``tests/node/conftest.py``). Tests are plain functions that drive a coroutine with
 ``asyncio.run``; nothing sleeps for a fixed time: ``until`` waits for a condition with a deadline.
 Invariants that involve several nodes are SQL over the runs table or over an effects table the
 test job writes through a connection of its own.
 
-Run as a script (``python tests/node/test_async_scheduler.py node '<json>'``) this file is a node
+Run as a script (``python tests/node/test_asyncio.py node '<json>'``) this file is a node
 process, which the crash-recovery test kills with SIGKILL.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import json
 import logging
 import os
@@ -24,126 +25,36 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from pg_scheduler import (
     Job,
     JobConfig,
     JobContext,
     JobStatus,
-    RetryBackoff,
     RunStatus,
     Scheduler,
     SchedulerConfig,
     errors,
-    migrations,
 )
 from pg_scheduler.aio import AsyncScheduler
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
-from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
-from pg_scheduler.testing import TestServer, unique_prefix
-
-DRIVERS = ("asyncpg", "psycopg_async")
-
-# Short timings, so that a lease expires in seconds (as in conftest's make_scheduler).
-FAST: dict[str, Any] = {
-    "job_check_interval": dt.timedelta(seconds=2),
-    "heartbeat_interval": dt.timedelta(milliseconds=300),
-    "no_heartbeat_timeout": dt.timedelta(milliseconds=1500),
-    "shutdown_timeout": dt.timedelta(seconds=5),
-    "retry_backoff": RetryBackoff(base=dt.timedelta(milliseconds=50), jitter=0),
-}
-
-
-@pytest.fixture(params=DRIVERS)
-def async_url(request: pytest.FixtureRequest, pg_scheduler_server: TestServer) -> str:
-    return pg_scheduler_server.url_for(request.param)
-
-
-def make_engine(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_size=10, pool_pre_ping=True)
-
-
-@contextlib.asynccontextmanager
-async def node(url: str, names: Names, **overrides: Any) -> AsyncIterator[AsyncScheduler]:
-    """An AsyncScheduler on its own engine (not started); shut down and disposed at the end."""
-    engine = make_engine(url)
-    scheduler = AsyncScheduler(
-        SchedulerConfig(engine=engine, table_prefix=names.prefix, **{**FAST, **overrides})
-    )
-    try:
-        yield scheduler
-    finally:
-        await scheduler.shutdown(dt.timedelta(seconds=2))
-        await engine.dispose()
-
-
-async def until(
-    predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition"
-) -> Any:
-    """Wait until ``predicate`` (sync or async) returns a truthy value, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message}")
-        await asyncio.sleep(0.02)
-
-
-async def status(s: AsyncScheduler, key: str) -> JobStatus | None:
-    record = await s.get_job(key)
-    return record.status if record else None
-
-
-def has_status(s: AsyncScheduler, key: str, expected: JobStatus) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return await status(s, key) is expected
-
-    return check
-
-
-def enqueue_elsewhere(
-    engine: sa.Engine, names: Names, name: str, params: Any = None, retries: int = 0
-) -> str:
-    """Enqueue as another application would: a synchronous session of its own."""
-    spec = OneTimeSpec(name, params, retries)
-    with Session(engine) as session, session.begin():
-        return JobRepository(session, build_models(names)).insert_one_time(spec)
-
-
-def events(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [getattr(r, "event", "") for r in caplog.records]
-
-
-class Gauge:
-    """How many jobs run at once (jobs on the loop and on worker threads alike)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.now = self.peak = self.total = 0
-
-    def __enter__(self) -> None:
-        with self.lock:
-            self.now += 1
-            self.total += 1
-            self.peak = max(self.peak, self.now)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.now -= 1
-
+from tests.support.runtimes import (
+    FAST,
+    enqueue_elsewhere,
+    events,
+    has_status,
+    make_engine,
+    node,
+    status,
+    until,
+)
 
 # ---------------------------------------------------------------------- running jobs
 
@@ -212,89 +123,6 @@ def test_enqueue_joins_the_applications_async_transaction(async_url: str, names:
                     await until(has_status(s, k, JobStatus.COMPLETED))
             assert await s.get_job(doomed) is None
         assert sorted(p["user"] for p in ran) == [2, 3]
-
-    asyncio.run(main())
-
-
-def test_retries_give_n_plus_one_attempts_with_identical_params(
-    async_url: str, names: Names
-) -> None:
-    async def main() -> None:
-        async with node(async_url, names) as s:
-            calls: list[JobContext] = []
-
-            @s.one_time("flaky")
-            async def flaky(ctx: JobContext) -> None:
-                calls.append(ctx)
-                raise ValueError(f"boom on attempt {ctx.attempt}")
-
-            async with s:
-                key = await s.enqueue("flaky", {"payload": {"deep": ["x"]}}, retries=2)
-                await until(has_status(s, key, JobStatus.FAILED), message="failed")
-                record = await s.get_job(key)
-                runs = await s.list_runs(key)
-        assert [c.attempt for c in calls] == [1, 2, 3]
-        assert all(c.params == {"payload": {"deep": ["x"]}} for c in calls)
-        assert record is not None and record.finished_at is not None
-        assert (
-            record.last_error is not None and "ValueError: boom on attempt 3" in record.last_error
-        )
-        assert [r.status for r in runs] == [RunStatus.FAILED] * 3
-
-    asyncio.run(main())
-
-
-def test_max_concurrent_jobs_caps_async_and_sync_jobs(async_url: str, names: Names) -> None:
-    gauge = Gauge()
-
-    async def main() -> None:
-        async with node(async_url, names, max_concurrent_jobs=2) as s:
-
-            @s.one_time("slow_async")
-            async def slow_async(ctx: JobContext) -> None:
-                with gauge:
-                    await asyncio.sleep(0.3)
-
-            @s.one_time("slow_sync")
-            def slow_sync(ctx: JobContext) -> None:
-                with gauge:
-                    time.sleep(0.3)
-
-            async with s:
-                keys = await s.enqueue_many("slow_async", [{}] * 3)
-                keys += await s.enqueue_many("slow_sync", [{}] * 3)
-                for k in keys:
-                    await until(has_status(s, k, JobStatus.COMPLETED), timeout=20)
-
-    asyncio.run(main())
-    assert gauge.total == 6 and gauge.peak == 2
-
-
-def test_run_pending_runs_what_is_due_and_returns_when_it_is_written(
-    async_url: str, names: Names
-) -> None:
-    async def main() -> None:
-        # A node that would not look for work by itself for a minute (no LISTEN, no first pass).
-        settings = {
-            "job_check_interval": dt.timedelta(seconds=60),
-            "listen": False,
-            "run_immediately": False,
-        }
-        async with node(async_url, names, **settings) as s:
-            ran: list[int] = []
-
-            @s.one_time("pending_now")
-            async def pending_now(ctx: JobContext) -> None:
-                ran.append(ctx.params["n"])
-
-            keys = [await s.enqueue("pending_now", {"n": n}) for n in range(3)]
-            assert len(await s.run_pending()) == 3
-            assert sorted(ran) == [0, 1, 2]
-            assert [await status(s, k) for k in keys] == [JobStatus.COMPLETED] * 3
-            assert await s.run_pending() == []
-            async with s:  # a started node claims by itself
-                with pytest.raises(errors.SchedulerStateError):
-                    await s.run_pending()
 
     asyncio.run(main())
 
@@ -548,14 +376,12 @@ def run_node(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- leases and fencing
 
 
-@pytest.mark.parametrize("noticed_by", ["outcome_write", "heartbeat"])
-def test_a_stolen_lease_drops_the_late_outcome(
-    async_url: str,
-    names: Names,
-    engine: sa.Engine,
-    caplog: pytest.LogCaptureFixture,
-    noticed_by: str,
+def test_a_stolen_lease_noticed_by_the_heartbeat_cancels_the_stale_run(
+    async_url: str, names: Names, engine: sa.Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The heartbeat finds the lease gone: the stale run gets ``CancelledError`` with
+    ``ctx.is_cancelled()``. (A stale run that fails late, its outcome dropped, is the contract's
+    ``test_a_lost_lease_drops_the_late_outcome``.)"""
     seen: list[tuple[int, str]] = []
 
     async def main() -> None:
@@ -597,11 +423,8 @@ def test_a_stolen_lease_drops_the_late_outcome(
                         )
                     await s.maintenance.run_once(cleanup=False)
                     await until(lambda: (2, "ran") in seen, message="the rerun ran")
-                    if noticed_by == "heartbeat":
-                        assert len((await s.heartbeat.run_once()).lost) == 1
-                        await until(lambda: (1, "cancelled=True") in seen)
-                    else:  # the stale attempt fails late; the fenced write matches no row
-                        gate.set()
+                    assert len((await s.heartbeat.run_once()).lost) == 1
+                    await until(lambda: (1, "cancelled=True") in seen)
                     await until(lambda: len(s.inflight) == 0)
                     record = await s.get_job(key)
                     runs = await s.list_runs(key)
@@ -769,51 +592,6 @@ def test_notify_wakes_an_idle_node_and_the_listener_reconnects(
     asyncio.run(main())
 
 
-def test_polling_takes_over_without_listen(async_url: str, names: Names, engine: sa.Engine) -> None:
-    async def main() -> None:
-        async with node(
-            async_url, names, listen=False, job_check_interval=dt.timedelta(milliseconds=300)
-        ) as s:
-            s.register(Noop(JobConfig.one_time("polled")))
-            async with s:
-                key = enqueue_elsewhere(engine, names, "polled")
-                await until(has_status(s, key, JobStatus.COMPLETED), timeout=5)
-                assert s.listener.backend_pid is None
-
-    asyncio.run(main())
-
-
-class Noop(Job):
-    async def run(self, ctx: JobContext) -> None:
-        return None
-
-
-@pytest.mark.owner_only
-def test_the_node_survives_terminated_backends(
-    async_url: str, names: Names, engine: sa.Engine
-) -> None:
-    async def main() -> None:
-        async with node(async_url, names, job_check_interval=dt.timedelta(seconds=1)) as s:
-            s.register(Noop(JobConfig.one_time("after_kill")))
-            async with s:
-                first = await s.enqueue("after_kill")
-                await until(has_status(s, first, JobStatus.COMPLETED))
-                with engine.connect() as conn:
-                    conn.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE pid <> pg_backend_pid() AND datname = current_database() "
-                            "AND backend_type = 'client backend'"
-                        )
-                    )
-                    conn.commit()
-                second = await s.enqueue("after_kill")
-                await until(has_status(s, second, JobStatus.COMPLETED))
-                assert len((await s.heartbeat.run_once()).lost) == 0
-
-    asyncio.run(main())
-
-
 # ---------------------------------------------------------------------- configuration and schema
 
 
@@ -829,37 +607,7 @@ def test_configuration_is_validated_like_the_sync_scheduler(
         AsyncScheduler(SchedulerConfig(engine=async_engine, session_factory=sessionmaker(engine)))
     with pytest.raises(errors.ConfigError, match="max_concurrent_jobs"):
         AsyncScheduler(SchedulerConfig(engine=async_engine, max_concurrent_jobs=0))
-
-    async def main() -> None:
-        async with node(async_url, names) as s:
-            await s.start()
-            with pytest.raises(errors.SchedulerStateError):
-                await s.start()
-            await s.shutdown()
-            await s.shutdown()  # harmless
-            with pytest.raises(errors.SchedulerStateError):
-                await s.start()
-        await async_engine.dispose()
-
-    asyncio.run(main())
-
-
-@pytest.mark.owner_only
-def test_start_checks_the_schema_or_installs_it(async_url: str, engine: sa.Engine) -> None:
-    fresh = Names(prefix=unique_prefix())
-
-    async def main() -> None:
-        async with node(async_url, fresh) as s:
-            with pytest.raises(errors.SchemaNotInstalledError, match="pg-scheduler db upgrade"):
-                await s.start()
-        async with node(async_url, fresh, create_schema=True) as s, s:
-            assert s.running
-        assert migrations.current(engine, names=fresh) == migrations.head()
-
-    try:
-        asyncio.run(main())
-    finally:
-        migrations.downgrade(engine, names=fresh)
+    asyncio.run(async_engine.dispose())
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["node"]:
