@@ -6,6 +6,9 @@
   calling thread (or loop), and returns the runs it recorded.
 - Declaring jobs (``register``, the decorators, ``schedule_job`` of a recurring job) never touches
   the database before ``start()``, which writes them.
+
+Tests that take ``make_node`` run on both runtimes (``tests/node/conftest.py``); the others are
+about one of them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pg_scheduler.aio import AsyncScheduler
 from pg_scheduler.cli import views
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
-from tests.support.runtimes import node, until
+from tests.support.runtimes import Nodes, node, until
 
 #: An engine that cannot connect (nothing listens on port 1): "the database is down".
 DOWN_URL = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"
@@ -53,34 +56,33 @@ def always_fails(ctx: JobContext) -> None:
 
 
 def test_the_runners_handler_decides_the_retries_of_a_job_enqueued_without_it(
-    make_scheduler: Any,
+    make_node: Nodes,
 ) -> None:
-    web = make_scheduler()  # registers nothing: a web process
-    worker = make_scheduler()
+    web = make_node()  # registers nothing: a web process
+    worker = make_node()
     attempts: list[int] = []
 
-    @worker.one_time("greet", retries=2)
     def greet(ctx: JobContext) -> None:
         attempts.append(ctx.attempt)
         assert ctx.max_retries == 2
         raise ValueError("boom")
 
+    worker.one_time("greet", retries=2)(worker.code(greet))
     key = web.enqueue("greet", {"to": "a"})
     explicit = web.enqueue("greet", {"to": "b"}, retries=0)  # said at enqueue: it wins
+    explicit_one = web.enqueue("greet", {"to": "d"}, retries=1)
     many = web.enqueue_many("greet", [{"to": "c"}])
     stored = web.get_job(key)
     assert stored is not None and stored.max_retries is None  # left to the handler
-    assert web.get_job(explicit).max_retries == 0  # type: ignore[union-attr]
-    assert web.get_job(many[0]).max_retries is None  # type: ignore[union-attr]
+    assert web.get_job(explicit).max_retries == 0
+    assert web.get_job(many[0]).max_retries is None
     with worker:
-        for k in (key, explicit, many[0]):
-            wait_until(
-                lambda k=k: web.get_job(k).status is JobStatus.FAILED,  # type: ignore[union-attr]
-                message=f"{k} failed",
-            )
+        for k in (key, explicit, explicit_one, many[0]):
+            wait_until(lambda k=k: web.status(k) is JobStatus.FAILED, message=f"{k} failed")
     assert len(web.list_runs(key)) == 3
     assert len(web.list_runs(many[0])) == 3
     assert len(web.list_runs(explicit)) == 1
+    assert len(web.list_runs(explicit_one)) == 2
     done = web.get_job(key)
     assert done is not None and done.max_retries == 2 and done.attempt == 3
 
@@ -98,14 +100,14 @@ def test_an_enqueue_in_the_callers_session_leaves_the_retries_to_the_handler(
     assert record is not None and record.max_retries == 1 and record.status is JobStatus.PENDING
 
 
-def test_jobs_list_shows_the_handlers_retries_as_such(make_scheduler: Any) -> None:
-    web = make_scheduler()
+def test_jobs_list_shows_the_handlers_retries_as_such(make_node: Nodes) -> None:
+    web = make_node()
     key = web.enqueue("greet")
     record = web.get_job(key)
     assert record is not None
     assert views.attempts_text(record) == "0/handler's"
     assert record.attempts_left is None
-    worker = make_scheduler(retry_backoff=SLOW_RETRIES)
+    worker = make_node(retry_backoff=SLOW_RETRIES)
     worker.one_time("greet", retries=3)(always_fails)
     worker.run_pending()
     record = web.get_job(key)
@@ -113,49 +115,25 @@ def test_jobs_list_shows_the_handlers_retries_as_such(make_scheduler: Any) -> No
     assert record.attempts_left == 3
 
 
-def test_async_the_runners_handler_decides_the_retries(async_url: str, names: Names) -> None:
-    async def main() -> None:
-        async with node(async_url, names) as web, node(async_url, names) as worker:
-
-            @worker.one_time("greet", retries=2)
-            async def greet(ctx: JobContext) -> None:
-                raise ValueError("boom")
-
-            key = await web.enqueue("greet")
-            explicit = await web.enqueue("greet", retries=1)
-            assert (await web.get_job(key)).max_retries is None  # type: ignore[union-attr]
-            async with worker:
-                for k in (key, explicit):
-                    await until(
-                        lambda k=k: _status_is(web, k, JobStatus.FAILED), message=f"{k} failed"
-                    )
-            assert len(await web.list_runs(key)) == 3
-            assert len(await web.list_runs(explicit)) == 2
-
-    asyncio.run(main())
-
-
-async def _status_is(s: AsyncScheduler, key: str, expected: JobStatus) -> bool:
-    record = await s.get_job(key)
-    return record is not None and record.status is expected
-
-
 # ---------------------------------------------------------------------- 4. run_pending
 
 
-def test_run_pending_runs_due_jobs_in_the_calling_thread_on_a_scheduler_never_started(
-    make_scheduler: Any,
+def test_run_pending_runs_due_jobs_in_the_caller_on_a_scheduler_never_started(
+    make_node: Nodes,
 ) -> None:
-    s = make_scheduler()
-    threads: list[int] = []
+    """In the calling thread (``Scheduler``: sync and async code alike), or the calling loop
+    (``AsyncScheduler``: async code; sync code on a worker thread)."""
+    s = make_node()
+    sync_threads: list[int] = []
+    async_callers: list[tuple[int, asyncio.AbstractEventLoop]] = []
 
     @s.one_time("in_thread")
     def in_thread(ctx: JobContext) -> None:
-        threads.append(threading.get_ident())
+        sync_threads.append(threading.get_ident())
 
     @s.one_time("async_in_thread")
     async def async_in_thread(ctx: JobContext) -> None:
-        threads.append(threading.get_ident())
+        async_callers.append((threading.get_ident(), asyncio.get_running_loop()))
 
     s.one_time("fails")(always_fails)
     keys = [s.enqueue("in_thread", {"n": n}) for n in range(2)]
@@ -166,30 +144,31 @@ def test_run_pending_runs_due_jobs_in_the_calling_thread_on_a_scheduler_never_st
 
     runs = s.run_pending()
 
-    assert threads == [threading.get_ident()] * 3
+    if s.loop is None:
+        caller = threading.get_ident()
+        assert sync_threads == [caller] * 2
+        assert [thread for thread, _ in async_callers] == [caller]
+    else:
+        assert len(sync_threads) == 2
+        assert [loop for _, loop in async_callers] == [s.loop.loop]  # the calling loop
     assert sorted((r.job_key, r.status) for r in runs) == sorted(
         [(k, RunStatus.COMPLETED) for k in keys] + [(failing, RunStatus.FAILED)]
     )
     failed_run = next(r for r in runs if r.job_key == failing)
     assert failed_run.error is not None and "boom on attempt 1" in failed_run.error
     for key in keys:
-        assert s.get_job(key).status is JobStatus.COMPLETED  # type: ignore[union-attr]
-    assert s.get_job(failing).status is JobStatus.FAILED  # type: ignore[union-attr]
-    assert s.get_job(later).status is JobStatus.PENDING  # type: ignore[union-attr]
-    assert s.get_job(not_mine).status is JobStatus.PENDING  # type: ignore[union-attr]
+        assert s.status(key) is JobStatus.COMPLETED
+    assert s.status(failing) is JobStatus.FAILED
+    assert s.status(later) is JobStatus.PENDING
+    assert s.status(not_mine) is JobStatus.PENDING
     assert s.run_pending() == []
     assert not s.running and s.list_nodes() == []  # it never became a node
-
-
-def test_run_pending_on_a_started_scheduler_says_why_not(make_scheduler: Any) -> None:
-    s = make_scheduler()
-    s.one_time("x")(lambda ctx: None)
     with s, pytest.raises(errors.SchedulerStateError, match="not started"):
         s.run_pending()
 
 
-def test_run_pending_writes_the_declared_recurring_jobs_first(make_scheduler: Any) -> None:
-    s = make_scheduler()
+def test_run_pending_writes_the_declared_recurring_jobs_first(make_node: Nodes) -> None:
+    s = make_node()
     ticks: list[dt.datetime] = []
 
     @s.recurring("every_hour", "@hourly")
@@ -201,39 +180,6 @@ def test_run_pending_writes_the_declared_recurring_jobs_first(make_scheduler: An
     runs = s.run_pending()
     assert [(r.job_key, r.status) for r in runs] == [("every_hour", RunStatus.COMPLETED)]
     assert len(ticks) == 1
-
-
-def test_async_run_pending_runs_due_jobs_in_the_calling_loop(async_url: str, names: Names) -> None:
-    async def main() -> None:
-        async with node(async_url, names) as s:
-            loops: list[asyncio.AbstractEventLoop] = []
-            sync_ran: list[int] = []
-
-            @s.one_time("in_loop")
-            async def in_loop(ctx: JobContext) -> None:
-                loops.append(asyncio.get_running_loop())
-
-            @s.one_time("sync_code")
-            def sync_code(ctx: JobContext) -> None:
-                sync_ran.append(ctx.params["n"])
-
-            s.one_time("fails")(always_fails)
-            keys = [await s.enqueue("in_loop"), await s.enqueue("sync_code", {"n": 1})]
-            failing = await s.enqueue("fails")
-            runs = await s.run_pending()
-            assert loops == [asyncio.get_running_loop()]
-            assert sync_ran == [1]
-            assert sorted((r.job_key, r.status) for r in runs) == sorted(
-                [(k, RunStatus.COMPLETED) for k in keys] + [(failing, RunStatus.FAILED)]
-            )
-            assert await _status_is(s, keys[0], JobStatus.COMPLETED)
-            assert await _status_is(s, failing, JobStatus.FAILED)
-            assert await s.run_pending() == []
-            async with s:
-                with pytest.raises(errors.SchedulerStateError, match="not started"):
-                    await s.run_pending()
-
-    asyncio.run(main())
 
 
 # ---------------------------------------------------------------------- 5. declarations
@@ -310,30 +256,18 @@ class Job_(Job):
         pass
 
 
-def test_declarations_are_written_by_start(make_scheduler: Any) -> None:
-    s = make_scheduler()
+def test_declarations_are_written_by_start(make_node: Nodes) -> None:
+    s = make_node()
     s.recurring("report", "*/5 * * * *", retries=1)(always_fails)
     assert s.schedule_job(Job_(JobConfig.recurring("cleanup", "@daily"))) == "cleanup"
-    other = make_scheduler()  # looks at the tables
+    other = make_node()  # looks at the tables
     assert other.list_jobs() == []
     with s:
         assert sorted(j.key for j in other.list_jobs()) == ["cleanup", "report"]
-        assert other.get_job("report").max_retries == 1  # type: ignore[union-attr]
+        assert other.get_job("report").max_retries == 1
         # Once started, a declaration is written at once.
         assert s.schedule_job(Job_(JobConfig.recurring("late", "@daily"))) == "late"
         assert other.get_job("late") is not None
-
-
-def test_async_declarations_are_written_by_start(async_url: str, names: Names) -> None:
-    async def main() -> None:
-        async with node(async_url, names) as s, node(async_url, names) as other:
-            s.recurring("report", "*/5 * * * *")(always_fails)
-            assert await s.schedule_job(Job_(JobConfig.recurring("cleanup", "@daily"))) == "cleanup"
-            assert await other.list_jobs() == []
-            async with s:
-                assert sorted(j.key for j in await other.list_jobs()) == ["cleanup", "report"]
-
-    asyncio.run(main())
 
 
 def test_async_declarations_from_another_thread_after_start_run(
@@ -382,14 +316,23 @@ def test_async_declaration_whose_loop_is_gone_raises_a_clear_error(
         made[0].recurring("too_late", "@daily")(always_fails)
 
 
-def test_run_pending_also_runs_what_its_jobs_enqueue(make_scheduler: Any) -> None:
-    s = make_scheduler()
+def test_run_pending_also_runs_what_its_jobs_enqueue(make_node: Nodes) -> None:
+    s = make_node()
     order: list[str] = []
 
-    @s.one_time("first")
-    def first(ctx: JobContext) -> None:
-        order.append("first")
-        s.enqueue("second")
+    if s.loop is None:
+
+        @s.one_time("first")
+        def first(ctx: JobContext) -> None:
+            order.append("first")
+            s.enqueue("second")
+
+    else:
+
+        @s.one_time("first")
+        async def first_async(ctx: JobContext) -> None:
+            order.append("first")
+            await s.scheduler.enqueue("second")
 
     @s.one_time("second")
     def second(ctx: JobContext) -> None:
