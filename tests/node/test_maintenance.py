@@ -7,21 +7,18 @@ that) must be gone within ``orphaned_job_timeout`` plus one maintenance pass, on
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from pg_scheduler import Job, JobConfig, JobContext, RetryBackoff, SchedulerConfig
-from pg_scheduler.aio import AsyncScheduler
 from pg_scheduler.models import Models
-from pg_scheduler.naming import Names
 from pg_scheduler.node.maintenance import pass_interval
-from pg_scheduler.testing import TestServer, wait_until
+from pg_scheduler.testing import wait_until
 from tests.support.factories import make_job
+from tests.support.runtimes import Nodes
 
 ORPHAN_TIMEOUT = dt.timedelta(seconds=2)
 # Short leases (so passes are short), the hourly cleanup left at its default.
@@ -54,9 +51,9 @@ def bound(config: SchedulerConfig) -> float:
 
 
 def test_an_orphan_goes_within_its_timeout_plus_one_pass(
-    make_scheduler: Any, engine: sa.Engine, models: Models
+    make_node: Nodes, engine: sa.Engine, models: Models
 ) -> None:
-    s = make_scheduler(**TIMINGS)
+    s = make_node(**TIMINGS)
     s.register(Noop(JobConfig.one_time("known")))
     assert s.config.failed_and_completed_one_time_job_interval >= dt.timedelta(hours=1)
     with s:
@@ -75,33 +72,3 @@ def test_an_orphan_goes_within_its_timeout_plus_one_pass(
     # Never before its timeout: the row must be older than orphaned_job_timeout.
     assert took >= ORPHAN_TIMEOUT.total_seconds() - 0.1, took
     assert exists(engine, models, kept.key)
-
-
-def test_an_orphan_goes_within_its_timeout_plus_one_pass_async(
-    pg_scheduler_server: TestServer, engine: sa.Engine, models: Models, names: Names
-) -> None:
-    async def main() -> float:
-        async_engine = create_async_engine(pg_scheduler_server.url_for("asyncpg"))
-        s = AsyncScheduler(
-            SchedulerConfig(engine=async_engine, table_prefix=names.prefix, **TIMINGS)
-        )
-        s.register(Noop(JobConfig.one_time("known")))
-        try:
-            async with s:
-                deadline = time.monotonic() + 10
-                while s.maintenance.passes < 1:
-                    assert time.monotonic() < deadline, "no first maintenance pass"
-                    await asyncio.sleep(0.02)
-                started = time.monotonic()
-                orphan = make_job(engine, models, name="nobody_registers_me")
-                deadline = started + bound(s.config)
-                while exists(engine, models, orphan.key):
-                    assert time.monotonic() < deadline, "the orphan was not swept in time"
-                    await asyncio.sleep(0.05)
-                return time.monotonic() - started
-        finally:
-            await s.shutdown(dt.timedelta(seconds=2))
-            await async_engine.dispose()
-
-    took = asyncio.run(main())
-    assert took >= ORPHAN_TIMEOUT.total_seconds() - 0.1, took

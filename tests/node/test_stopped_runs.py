@@ -7,6 +7,9 @@
 - ``ctx.cancel_reason`` tells job code which of these it is.
 - Under the threaded ``Scheduler``, no ``async def`` job can wedge the node's event loop.
 - A second ``shutdown()`` waits for the first.
+
+Tests that take ``make_node`` run on ``Scheduler`` and ``AsyncScheduler`` alike
+(``tests/node/conftest.py``); the threaded event loop's are about ``Scheduler`` only.
 """
 
 from __future__ import annotations
@@ -25,17 +28,17 @@ import sqlalchemy as sa
 from pg_scheduler import CancelReason, JobContext, JobStatus, RunStatus, Scheduler
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
-from tests.support.runtimes import has_status, node, until
+from tests.support.runtimes import Node, Nodes
 
 FOREVER = 30.0
 
 
-def status(s: Scheduler, key: str) -> JobStatus | None:
+def status(s: Node | Scheduler, key: str) -> JobStatus | None:
     record = s.get_job(key)
     return record.status if record else None
 
 
-def attempts(s: Scheduler, key: str) -> list[tuple[int, RunStatus]]:
+def attempts(s: Node | Scheduler, key: str) -> list[tuple[int, RunStatus]]:
     """The job's runs, oldest first: (attempt, outcome)."""
     return [(r.attempt, r.status) for r in reversed(s.list_runs(key))]
 
@@ -51,10 +54,10 @@ def running_rows(engine: sa.Engine, names: Names) -> int:
 # ---------------------------------------------------------------------- shutdown: handed back
 @pytest.mark.parametrize("code", ["raise_if_cancelled", "async CancelledError"])
 def test_a_run_stopped_by_shutdown_that_raises_the_cancellation_is_handed_back(
-    make_scheduler: Any, code: str
+    make_node: Nodes, code: str
 ) -> None:
     """retries=0, and still the run goes back to pending, due now, with its attempt not used."""
-    s = make_scheduler()
+    s = make_node()
     entered = threading.Event()
     reasons: list[CancelReason | None] = []
 
@@ -90,7 +93,7 @@ def test_a_run_stopped_by_shutdown_that_raises_the_cancellation_is_handed_back(
     assert attempts(s, key) == [(1, RunStatus.RELEASED)]
 
     # Another node runs it at once, as the same attempt.
-    again = make_scheduler()
+    again = make_node()
     ran: list[int] = []
     again.one_time("stopped")(lambda ctx: ran.append(ctx.attempt))
     with again:
@@ -104,11 +107,11 @@ def test_a_run_stopped_by_shutdown_that_raises_the_cancellation_is_handed_back(
     [("returns", JobStatus.COMPLETED), ("raises another error", JobStatus.FAILED)],
 )
 def test_a_run_stopped_by_shutdown_that_does_not_raise_the_cancellation_is_recorded(
-    make_scheduler: Any, ending: str, expected: JobStatus
+    make_node: Nodes, ending: str, expected: JobStatus
 ) -> None:
     """Returning completes the run, even when it was asked to stop (which is why the examples use
     ``raise_if_cancelled()``); raising anything else fails the attempt."""
-    s = make_scheduler()
+    s = make_node()
     entered = threading.Event()
 
     def job(ctx: JobContext) -> None:
@@ -126,23 +129,37 @@ def test_a_run_stopped_by_shutdown_that_does_not_raise_the_cancellation_is_recor
 
 
 # ---------------------------------------------------------------------- cancel_job: cancelled
-@pytest.mark.parametrize("ending", ["returns", "raises", "raise_if_cancelled"])
+@pytest.mark.parametrize(
+    "ending", ["returns", "raises", "raise_if_cancelled", "async returns from CancelledError"]
+)
 @pytest.mark.parametrize("asked_by", ["this node", "another process"])
 def test_a_run_stopped_by_cancel_job_ends_cancelled_whatever_its_code_does(
-    make_scheduler: Any, ending: str, asked_by: str
+    make_node: Nodes, ending: str, asked_by: str
 ) -> None:
-    s = make_scheduler()
+    s = make_node()
     entered = threading.Event()
     reasons: list[CancelReason | None] = []
 
-    def victim(ctx: JobContext) -> None:
-        entered.set()
-        ctx.cancelled.wait(FOREVER)
-        reasons.append(ctx.cancel_reason)
-        if ending == "raises":
-            raise RuntimeError("interrupted")
-        if ending == "raise_if_cancelled":
-            ctx.raise_if_cancelled()
+    if ending.startswith("async"):
+
+        async def victim(ctx: JobContext) -> None:
+            entered.set()
+            try:
+                await asyncio.sleep(FOREVER)
+            except asyncio.CancelledError:
+                reasons.append(ctx.cancel_reason)
+                return  # returns: completed, unless cancel_job asked
+
+    else:
+
+        def victim(ctx: JobContext) -> None:  # type: ignore[misc]
+            entered.set()
+            ctx.cancelled.wait(FOREVER)
+            reasons.append(ctx.cancel_reason)
+            if ending == "raises":
+                raise RuntimeError("interrupted")
+            if ending == "raise_if_cancelled":
+                ctx.raise_if_cancelled()
 
     s.one_time("victim")(victim)
     key = s.enqueue("victim", retries=2)
@@ -150,7 +167,7 @@ def test_a_run_stopped_by_cancel_job_ends_cancelled_whatever_its_code_does(
         assert entered.wait(10)
         # Another process (never started, as `pg-scheduler jobs cancel`): the node hears of it
         # at its next heartbeat.
-        canceller = s if asked_by == "this node" else make_scheduler()
+        canceller = s if asked_by == "this node" else make_node()
         assert canceller.cancel_job(key).requested
         wait_until(lambda: status(s, key) is JobStatus.CANCELLED, message="cancelled")
         time.sleep(0.3)  # a re-run would be claimed within a poll; none may happen
@@ -158,10 +175,8 @@ def test_a_run_stopped_by_cancel_job_ends_cancelled_whatever_its_code_does(
     assert attempts(s, key) == [(1, RunStatus.CANCELLED)]
 
 
-def test_a_lost_lease_tells_the_code_why(
-    make_scheduler: Any, engine: sa.Engine, names: Names
-) -> None:
-    s = make_scheduler(
+def test_a_lost_lease_tells_the_code_why(make_node: Nodes, engine: sa.Engine, names: Names) -> None:
+    s = make_node(
         heartbeat_interval=dt.timedelta(seconds=30), no_heartbeat_timeout=dt.timedelta(minutes=5)
     )
     entered = threading.Event()
@@ -184,44 +199,8 @@ def test_a_lost_lease_tells_the_code_why(
                 ),
                 {"k": key},
             )
-        assert len(s.heartbeat.run_once().lost) == 1
+        assert len(s.call(lambda n: n.heartbeat.run_once()).lost) == 1
         wait_until(lambda: reasons == [CancelReason.LEASE_LOST], message="the code saw why")
-
-
-# ---------------------------------------------------------------------- AsyncScheduler: same rule
-def test_async_scheduler_hands_back_on_shutdown_and_cancels_on_cancel_job(
-    async_url: str,
-    names: Names,
-) -> None:
-    async def main() -> None:
-        reasons: list[CancelReason | None] = []
-        async with node(async_url, names) as s:
-
-            @s.one_time("stopped")
-            async def stopped(ctx: JobContext) -> None:
-                try:
-                    await asyncio.sleep(FOREVER)
-                except asyncio.CancelledError:
-                    reasons.append(ctx.cancel_reason)
-                    if ctx.params.get("swallow"):
-                        return  # returns: completed, unless cancel_job asked
-                    raise
-
-            async with s:
-                cancelled = await s.enqueue("stopped", {"swallow": True}, retries=2)
-                await until(has_status(s, cancelled, JobStatus.RUNNING))
-                assert (await s.cancel_job(cancelled)).requested
-                await until(has_status(s, cancelled, JobStatus.CANCELLED))
-                handed_back = await s.enqueue("stopped")
-                await until(has_status(s, handed_back, JobStatus.RUNNING))
-            record = await s.get_job(handed_back)
-            runs = await s.list_runs(handed_back)
-        assert reasons == [CancelReason.CANCEL_JOB, CancelReason.SHUTDOWN]
-        assert record is not None and record.status is JobStatus.PENDING
-        assert (record.attempt, record.lost_leases, record.last_error) == (0, 0, None)
-        assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.RELEASED)]
-
-    asyncio.run(main())
 
 
 # ---------------------------------------------------------------------- the threaded event loop
@@ -289,8 +268,8 @@ def test_an_event_loop_that_dies_anyway_hands_its_runs_back_and_is_restarted(
 
 
 # ---------------------------------------------------------------------- shutdown twice
-def test_a_second_shutdown_waits_for_the_first(make_scheduler: Any) -> None:
-    s = make_scheduler(shutdown_timeout=dt.timedelta(seconds=10))
+def test_a_second_shutdown_waits_for_the_first(make_node: Nodes) -> None:
+    s = make_node(shutdown_timeout=dt.timedelta(seconds=10))
     entered, finished = threading.Event(), threading.Event()
 
     def slow(ctx: JobContext) -> None:
