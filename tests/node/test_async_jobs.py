@@ -1,4 +1,5 @@
-"""``async def`` jobs on the threaded ``Scheduler``: one event loop owned by the scheduler, the same
+"""``async def`` jobs, on both runtimes: one event loop for every run (on the threaded
+``Scheduler``, a loop the scheduler owns; on ``AsyncScheduler``, the application's), the same
 concurrency cap as every job, and cancellation that reaches the job both through ``ctx`` and as
 ``asyncio.CancelledError``, with the outcome recorded once the job's own code has stopped."""
 
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pg_scheduler import Job, JobConfig, JobContext, JobStatus, RunStatus, Scheduler
+from pg_scheduler import Job, JobConfig, JobContext, JobStatus, RunStatus
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
+from tests.support.runtimes import Nodes
 
 
 class Probe:
@@ -83,20 +85,15 @@ class AsyncSleeper(Job):
             self.probe.leave()
 
 
-def status(s: Scheduler, key: str) -> JobStatus | None:
-    record = s.get_job(key)
-    return record.status if record else None
-
-
 @pytest.fixture
 def probe() -> Probe:
     return Probe()
 
 
 def test_async_jobs_share_one_loop_owned_by_the_scheduler(
-    make_scheduler: Any, probe: Probe, engine: sa.Engine, names: Names
+    make_node: Nodes, probe: Probe, engine: sa.Engine, names: Names
 ) -> None:
-    s = make_scheduler(max_concurrent_jobs=3)
+    s = make_node(max_concurrent_jobs=3)
     s.register(AsyncSleeper(JobConfig.one_time("sleeper"), probe, engine, names))
 
     @s.one_time("decorated")
@@ -108,16 +105,17 @@ def test_async_jobs_share_one_loop_owned_by_the_scheduler(
     with s:
         keys = s.enqueue_many("sleeper", [{"seconds": 0.2}] * 4)
         keys.append(s.enqueue("decorated", {"n": 1}))
-        wait_until(lambda: all(status(s, k) is JobStatus.COMPLETED for k in keys), timeout=15)
+        wait_until(lambda: all(s.status(k) is JobStatus.COMPLETED for k in keys), timeout=15)
     assert probe.seen("decorated") == [{"n": 1}]
     assert len(probe.seen("finished")) == 4
-    # One loop for every run, on one thread of its own (not a worker thread, not a loop per run).
+    # One loop for every run, on one thread (not a worker thread, not a loop per run): the
+    # scheduler's own under threads, the application's under asyncio.
     assert len(probe.loops) == 1 and len(probe.threads) == 1
     assert probe.peak >= 2  # the runs really overlapped on that loop
 
 
-def test_async_recurring_decorator_runs_every_tick(make_scheduler: Any, probe: Probe) -> None:
-    s = make_scheduler()
+def test_async_recurring_decorator_runs_every_tick(make_node: Nodes, probe: Probe) -> None:
+    s = make_node()
     ticks: list[dt.datetime] = []
 
     with s:
@@ -134,28 +132,28 @@ def test_async_recurring_decorator_runs_every_tick(make_scheduler: Any, probe: P
 
 
 def test_async_jobs_count_against_max_concurrent_jobs(
-    make_scheduler: Any, probe: Probe, engine: sa.Engine, names: Names
+    make_node: Nodes, probe: Probe, engine: sa.Engine, names: Names
 ) -> None:
-    s = make_scheduler(max_concurrent_jobs=2)
+    s = make_node(max_concurrent_jobs=2)
     s.register(AsyncSleeper(JobConfig.one_time("sleeper"), probe, engine, names))
     with s:
         keys = s.enqueue_many("sleeper", [{"seconds": 0.3}] * 6)
-        wait_until(lambda: all(status(s, k) is JobStatus.COMPLETED for k in keys), timeout=20)
+        wait_until(lambda: all(s.status(k) is JobStatus.COMPLETED for k in keys), timeout=20)
     assert probe.peak == 2
     assert len(probe.loops) == 1
 
 
 def test_cancel_job_reaches_an_async_job_as_cancelled_error(
-    make_scheduler: Any, probe: Probe, engine: sa.Engine, names: Names
+    make_node: Nodes, probe: Probe, engine: sa.Engine, names: Names
 ) -> None:
-    s = make_scheduler()
+    s = make_node()
     s.register(AsyncSleeper(JobConfig.one_time("sleeper"), probe, engine, names))
     with s:
         key = s.enqueue("sleeper", {"seconds": 60, "cleanup": 0.3})
         wait_until(lambda: probe.seen("started") == [key])
         result = s.cancel_job(key)
         assert result.requested and not result.cancelled
-        wait_until(lambda: status(s, key) is JobStatus.CANCELLED, timeout=10)
+        wait_until(lambda: s.status(key) is JobStatus.CANCELLED, timeout=10)
     # The job saw CancelledError with ctx.cancelled already set, and its cleanup ran to the end
     # before the outcome was written.
     assert probe.seen("cancelled") == [(key, True)]
@@ -164,9 +162,9 @@ def test_cancel_job_reaches_an_async_job_as_cancelled_error(
 
 
 def test_shutdown_hands_an_async_job_back(
-    make_scheduler: Any, probe: Probe, engine: sa.Engine, names: Names
+    make_node: Nodes, probe: Probe, engine: sa.Engine, names: Names
 ) -> None:
-    s = make_scheduler(shutdown_timeout=dt.timedelta(seconds=5))
+    s = make_node(shutdown_timeout=dt.timedelta(seconds=5))
     s.register(AsyncSleeper(JobConfig.one_time("sleeper"), probe, engine, names))
     s.start()
     key = s.enqueue("sleeper", {"seconds": 60, "cleanup": 0.2})
@@ -182,9 +180,9 @@ def test_shutdown_hands_an_async_job_back(
 
 
 def test_shutdown_releases_an_async_job_that_ignores_cancellation(
-    make_scheduler: Any, engine: sa.Engine, names: Names, caplog: pytest.LogCaptureFixture
+    make_node: Nodes, engine: sa.Engine, names: Names, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = make_scheduler(shutdown_timeout=dt.timedelta(milliseconds=300))
+    s = make_node(shutdown_timeout=dt.timedelta(milliseconds=300))
     finished = threading.Event()
 
     @s.one_time("stubborn")
@@ -200,7 +198,7 @@ def test_shutdown_releases_an_async_job_that_ignores_cancellation(
     with caplog.at_level(logging.WARNING, logger="pg_scheduler"):
         s.start()
         key = s.enqueue("stubborn")
-        wait_until(lambda: status(s, key) is JobStatus.RUNNING)
+        wait_until(lambda: s.status(key) is JobStatus.RUNNING)
         s.shutdown()
         record = s.get_job(key)
         assert record is not None and record.status is JobStatus.PENDING and record.lease_id is None
@@ -213,9 +211,9 @@ def test_shutdown_releases_an_async_job_that_ignores_cancellation(
 
 
 def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
-    make_scheduler: Any, engine: sa.Engine, names: Names, caplog: pytest.LogCaptureFixture
+    make_node: Nodes, engine: sa.Engine, names: Names, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = make_scheduler(
+    s = make_node(
         heartbeat_interval=dt.timedelta(seconds=30), no_heartbeat_timeout=dt.timedelta(minutes=5)
     )
     seen: list[tuple[int, str]] = []
@@ -236,7 +234,7 @@ def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
 
     with caplog.at_level(logging.WARNING, logger="pg_scheduler"), s:
         key = s.enqueue("fenced")
-        wait_until(lambda: status(s, key) is JobStatus.RUNNING)
+        wait_until(lambda: s.status(key) is JobStatus.RUNNING)
         with engine.begin() as conn:  # this node looks dead: its heartbeat is an hour old
             conn.execute(
                 sa.text(
@@ -245,9 +243,9 @@ def test_a_lost_lease_cancels_the_async_job_and_drops_its_outcome(
                 ),
                 {"k": key},
             )
-        s.maintenance.run_once(cleanup=False)
+        s.call(lambda n: n.maintenance.run_once(cleanup=False))
         wait_until(lambda: (2, "ran") in seen)  # the rerun ran while the first run still hangs
-        assert len(s.heartbeat.run_once().lost) == 1
+        assert len(s.call(lambda n: n.heartbeat.run_once()).lost) == 1
         wait_until(lambda: (1, "cancelled=True") in seen)
         wait_until(lambda: len(s.inflight) == 0)
     record = s.get_job(key)

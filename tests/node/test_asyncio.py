@@ -52,14 +52,15 @@ from tests.support.runtimes import (
     has_status,
     make_engine,
     node,
-    status,
     until,
 )
 
 # ---------------------------------------------------------------------- running jobs
 
 
-def test_async_and_sync_jobs_run_with_their_params(async_url: str, names: Names) -> None:
+def test_async_code_runs_on_the_applications_loop_and_sync_code_off_it(
+    async_url: str, names: Names
+) -> None:
     async def main() -> None:
         async with node(async_url, names) as s:
             seen: dict[str, Any] = {}
@@ -373,110 +374,7 @@ def run_node(spec: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
-# ---------------------------------------------------------------------- leases and fencing
-
-
-def test_a_stolen_lease_noticed_by_the_heartbeat_cancels_the_stale_run(
-    async_url: str, names: Names, engine: sa.Engine, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The heartbeat finds the lease gone: the stale run gets ``CancelledError`` with
-    ``ctx.is_cancelled()``. (A stale run that fails late, its outcome dropped, is the contract's
-    ``test_a_lost_lease_drops_the_late_outcome``.)"""
-    seen: list[tuple[int, str]] = []
-
-    async def main() -> None:
-        # No background heartbeat during the test: the lease is stolen by hand, as if this node
-        # had been paused past its lease.
-        async with node(
-            async_url,
-            names,
-            heartbeat_interval=dt.timedelta(seconds=30),
-            no_heartbeat_timeout=dt.timedelta(minutes=5),
-        ) as s:
-            gate = asyncio.Event()
-            started: list[int] = []
-
-            @s.one_time("fenced")  # retries=0: a lost run runs again all the same
-            async def fenced(ctx: JobContext) -> None:
-                started.append(ctx.attempt)
-                if len(started) > 1:
-                    seen.append((len(started), "ran"))
-                    return
-                try:
-                    await gate.wait()
-                except asyncio.CancelledError:
-                    seen.append((1, f"cancelled={ctx.is_cancelled()}"))
-                    raise
-                raise RuntimeError("late failure of a stale attempt")
-
-            with caplog.at_level(logging.WARNING, logger="pg_scheduler"):
-                async with s:
-                    key = await s.enqueue("fenced")
-                    await until(has_status(s, key, JobStatus.RUNNING))
-                    with engine.begin() as conn:
-                        conn.execute(
-                            sa.text(
-                                f"UPDATE {names.jobs_table} SET heartbeat_at = now() - "
-                                "interval '1 hour' WHERE key = :k"
-                            ),
-                            {"k": key},
-                        )
-                    await s.maintenance.run_once(cleanup=False)
-                    await until(lambda: (2, "ran") in seen, message="the rerun ran")
-                    assert len((await s.heartbeat.run_once()).lost) == 1
-                    await until(lambda: (1, "cancelled=True") in seen)
-                    await until(lambda: len(s.inflight) == 0)
-                    record = await s.get_job(key)
-                    runs = await s.list_runs(key)
-        assert record is not None and record.status is JobStatus.COMPLETED
-        assert record.last_error is None
-        assert [r.status for r in runs] == [RunStatus.COMPLETED, RunStatus.LOST]
-        assert started == [1, 1], "the lost run used up no attempt"
-
-    asyncio.run(main())
-    assert "job.lease_lost" in events(caplog)
-
-
-# ---------------------------------------------------------------------- cancel and shutdown
-
-
-def test_cancel_trigger_and_retry(async_url: str, names: Names) -> None:
-    async def main() -> None:
-        async with node(async_url, names) as s:
-            seen: list[str] = []
-
-            @s.one_time("long")
-            async def long(ctx: JobContext) -> None:
-                seen.append("started")
-                try:
-                    await asyncio.sleep(3600)
-                except asyncio.CancelledError:
-                    seen.append(f"cancelled={ctx.is_cancelled()}")
-                    await asyncio.sleep(0.2)  # cleanup; the outcome waits for it
-                    seen.append("cleaned up")
-                    raise
-
-            async with s:
-                later = await s.enqueue(
-                    "long", run_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
-                )
-                assert (await s.cancel_job(later)).cancelled
-                assert await status(s, later) is JobStatus.CANCELLED
-                key = await s.enqueue("long")
-                await until(lambda: seen == ["started"])
-                result = await s.cancel_job(key)
-                assert result.requested and result.node_id == s.node_id
-                await until(has_status(s, key, JobStatus.CANCELLED))
-                assert seen[-2:] == ["cancelled=True", "cleaned up"]
-                assert [r.status for r in await s.list_runs(key)] == [RunStatus.CANCELLED]
-                await s.retry_job(key)
-                await until(lambda: seen.count("started") == 2, message="retried")
-                with pytest.raises(errors.InvalidStateError):
-                    await s.trigger(key)  # running, not pending
-                await s.cancel_job(key)
-                await until(has_status(s, key, JobStatus.CANCELLED))
-
-    asyncio.run(main())
+# ---------------------------------------------------------------------- shutdown
 
 
 def test_graceful_shutdown_with_jobs_in_flight(
