@@ -1,15 +1,17 @@
-"""Every rule between ``SchedulerConfig`` fields is enforced, and listed in the README."""
+"""Every rule between ``SchedulerConfig`` fields is enforced, and listed in the README; bad
+settings and a dead database read as clear errors (no database needed)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from pg_scheduler import RetryBackoff, SchedulerConfig, errors
+from pg_scheduler import RetryBackoff, Scheduler, SchedulerConfig, errors
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 RULES = README[README.index("Every rule `SchedulerConfig` checks") :]
@@ -59,3 +61,45 @@ def test_the_boundaries_themselves_are_allowed() -> None:
         shutdown_timeout=0 * S,
         finished_job_retention=0 * S,
     )
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "pg8000"])
+def test_dead_database_gives_a_clear_error(driver: str) -> None:
+    # pg8000 reports a refused connection as an InterfaceError (raised from the OSError), not
+    # an OperationalError: it must read the same.
+    engine = sa.create_engine(f"postgresql+{driver}://nobody@127.0.0.1:1/none")
+    s = Scheduler(SchedulerConfig(engine=engine, table_prefix="x_"))
+    calls: list[Callable[[], object]] = [
+        lambda: s.enqueue("x", {}),
+        lambda: s.get_job("x#1"),
+        s.list_jobs,
+    ]
+    for call in calls:
+        with pytest.raises(errors.DatabaseUnavailableError, match="database unavailable"):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_concurrent_jobs", 0, "max_concurrent_jobs must be at least 1"),
+        ("max_lost_leases", 0, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", True, "max_lost_leases must be an integer of at least 1"),
+        ("max_lost_leases", 2.5, "max_lost_leases must be an integer of at least 1"),
+        ("heartbeat_interval", dt.timedelta(seconds=-1), "heartbeat_interval must be a positive"),
+        ("heartbeat_interval", 30, "heartbeat_interval must be a datetime.timedelta"),
+        ("no_heartbeat_timeout", dt.timedelta(seconds=40), "at least twice"),
+        ("table_prefix", 'x"; drop table y; --', "invalid table prefix"),
+        ("schema", "Bad", "invalid schema name"),
+        ("shutdown_timeout", dt.timedelta(seconds=-5), "shutdown_timeout"),
+    ],
+)
+def test_invalid_settings_raise_at_construction(field: str, value: object, message: str) -> None:
+    engine = sa.create_engine("postgresql+psycopg://")
+    with pytest.raises(errors.ConfigError, match=message):
+        SchedulerConfig(engine=engine, **{field: value})  # type: ignore[arg-type]
+
+
+def test_sqlite_is_refused() -> None:
+    with pytest.raises(errors.ConfigError, match="needs PostgreSQL"):
+        SchedulerConfig(engine=sa.create_engine("sqlite://"))
