@@ -23,26 +23,8 @@ import sqlalchemy as sa
 from pg_scheduler import Job, JobConfig, JobContext, JobStatus, RunStatus, errors, migrations
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import unique_prefix, wait_until
+from tests.support.jobs import Recording
 from tests.support.runtimes import Gauge, Node, Nodes, enqueue_elsewhere, events
-
-
-class Recording(Job):
-    """Records each run's context; optionally fails or sleeps."""
-
-    def __init__(self, config: JobConfig, *, fail: bool = False, seconds: float = 0.0) -> None:
-        super().__init__(config)
-        self.calls: list[JobContext] = []
-        self.fail = fail
-        self.seconds = seconds
-        self.lock = threading.Lock()
-
-    def run(self, ctx: JobContext) -> None:
-        with self.lock:
-            self.calls.append(ctx)
-        if self.seconds:
-            time.sleep(self.seconds)
-        if self.fail:
-            raise ValueError(f"boom on attempt {ctx.attempt}")
 
 
 def completed(s: Node, *keys: str) -> None:

@@ -1,9 +1,10 @@
-"""The scheduler in one process: real PostgreSQL, real threads, no mocks."""
+"""What only the threaded ``Scheduler`` has (the contract both runtimes share is
+``test_contract.py``): the application's sync sessions, its pooled connections dying under the
+scheduler's calls, and the node's heartbeat thread. Real PostgreSQL, real threads, no mocks."""
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import sessionmaker
 
 from pg_scheduler import (
-    Job,
     JobConfig,
     JobContext,
     JobStatus,
@@ -23,27 +23,9 @@ from pg_scheduler import (
 from pg_scheduler.db.repository import JobRepository, OneTimeSpec
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
+from tests.support.jobs import Recording
 
 INTEGERS = postgresql.ARRAY(sa.Integer)
-
-
-class Recording(Job):
-    """Records each run's context; optionally fails, sleeps or waits for a gate."""
-
-    def __init__(self, config: JobConfig, *, fail: bool = False, seconds: float = 0.0) -> None:
-        super().__init__(config)
-        self.calls: list[JobContext] = []
-        self.fail = fail
-        self.seconds = seconds
-        self.lock = threading.Lock()
-
-    def run(self, ctx: JobContext) -> None:
-        with self.lock:
-            self.calls.append(ctx)
-        if self.seconds:
-            time.sleep(self.seconds)
-        if self.fail:
-            raise ValueError(f"boom on attempt {ctx.attempt}")
 
 
 def status(s: Scheduler, key: str) -> JobStatus | None:
