@@ -14,7 +14,7 @@ due jobs (untimed: the due backlog stays the same size) and times one claim pass
 free slots, as the poller runs it: ``claim_due`` on the scheduler's kept autocommit connection.
 A cell is the median pass; "x empty" divides it by the empty table's median in the same mode
 (the target: at most 2x). ``--planner-settings off`` runs the claim without its planner settings
-(``repository.PLANNER_SETTINGS_SQL``), as it was before they were added.
+(``queries.PLANNER_SETTINGS``), as it was before they were added.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 import pg_scheduler
 from benchmarks import ours
 from benchmarks.peers import _harness
-from pg_scheduler.db import repository
+from pg_scheduler.db import queries, repository
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
 from pg_scheduler.node.poller import claim_due
@@ -99,7 +99,7 @@ def claim_buffers(scheduler: pg_scheduler.Scheduler, engine: sa.Engine, limit: i
         repo = repository.JobRepository(conn, build_models(Names()))
         stmt = repo.claim_statement(NODE, [ours.NOOP], limit)
         sql = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        conn.exec_driver_sql(repository.PLANNER_SETTINGS_SQL)
+        conn.exec_driver_sql(queries.PLANNER_SETTINGS_SQL)
         plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}").scalar_one()
         conn.rollback()
     top = plan[0]["Plan"]
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args(argv)
-    if args.planner_settings == "off":  # both forms the repository sends
-        repository.PLANNER_SETTINGS = sa.text("SELECT 1")
-        repository.PLANNER_SETTINGS_SQL = "SELECT 1"
+    if args.planner_settings == "off":  # read by the repository at each claim
+        queries.PLANNER_SETTINGS = sa.text("SELECT 1")
+        queries.PLANNER_SETTINGS_SQL = "SELECT 1"
 
     started = time.monotonic()
     command = " ".join(["python -m benchmarks.claim_latency", *(argv or sys.argv[1:])])

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from . import errors, migrations
 from .config import RetryBackoff, SchedulerConfig
 from .cron import CronSchedule
-from .db.records import JobRecord, NodeRecord, RunRecord
-from .db.repository import CancelResult, JobRepository
+from .db.records import CancelResult, JobRecord, NodeRecord, RunRecord
+from .db.repository import JobRepository
 from .errors import PgSchedulerError
 from .jobs import CancelReason, FunctionJob, Job, JobCancelled, JobConfig, JobContext
 from .naming import Names

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -20,7 +21,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
+from .cron import MISFIRE_POLICIES
 from .naming import Names
+from .states import TERMINAL_STATUSES, JobStatus, JobType, RunStatus
 
 TIMESTAMP = sa.DateTime(timezone=True)
 
@@ -52,22 +55,42 @@ def _domain_name(type_: _Domain, compiler: Any, **kw: Any) -> str:
     return str(compiler.dialect.identifier_preparer.format_type(type_))
 
 
+def one_of(column: str, values: Iterable[str]) -> sa.ColumnElement[bool]:
+    """``column IN ('a', 'b', ...)`` for a CHECK or a partial index, the values taken from the
+    enums in ``states`` (and ``cron.MISFIRE_POLICIES``), never written out twice. Rendered with
+    literal values, in the order given (the catalog comparison with the migrations normalises the
+    text)."""
+    return sa.literal_column(column).in_(list(values))
+
+
+def _is(column: str, value: str) -> sa.ColumnElement[bool]:
+    return sa.literal_column(column) == sa.literal(value, sa.Text)
+
+
+#: The finished states in the enum's order: an index predicate's text keeps the order it was
+#: created with (pgs_0001), and the catalog comparison reads the text.
+_FINISHED_ORDER = [s for s in JobStatus if s in TERMINAL_STATUSES]
+
+
 #: The jobs table's one-column rules, each carried by a domain over the column's type instead of
 #: a CHECK on the table (pgs_0005). PostgreSQL prepares a domain's check once per session (its
 #: type cache) but rebuilds a table's CHECK from its stored tree in every statement that writes
 #: the table: about a third of what the eight CHECKs cost each enqueue (~10 us; see
 #: ``benchmarks.profile_insert_cost``). The rules are the same.
 #: (domain suffix, base type, check constraint suffix, check, columns)
-JOB_DOMAINS: tuple[tuple[str, type[sa.types.TypeEngine[Any]], str, str, tuple[str, ...]], ...] = (
+JOB_DOMAINS: tuple[
+    tuple[str, type[sa.types.TypeEngine[Any]], str, str | sa.ColumnElement[bool], tuple[str, ...]],
+    ...,
+] = (
+    ("status_t", sa.Text, "status_ck", one_of("VALUE", [s.value for s in JobStatus]), ("status",)),
     (
-        "status_t",
+        "job_type_t",
         sa.Text,
-        "status_ck",
-        "VALUE IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
-        ("status",),
+        "job_type_ck",
+        one_of("VALUE", [t.value for t in JobType]),
+        ("job_type",),
     ),
-    ("job_type_t", sa.Text, "job_type_ck", "VALUE IN ('recurring', 'one_time')", ("job_type",)),
-    ("misfire_t", sa.Text, "misfire_ck", "VALUE IN ('coalesce', 'skip', 'all')", ("misfire",)),
+    ("misfire_t", sa.Text, "misfire_ck", one_of("VALUE", MISFIRE_POLICIES), ("misfire",)),
     (
         "count_t",
         sa.Integer,
@@ -87,7 +110,7 @@ def job_domains(names: Names) -> list[postgresql.DOMAIN]:
             base,
             schema=names.schema,
             constraint_name=names.job(check_suffix),
-            check=check,
+            check=check,  # type: ignore[arg-type]  # a ColumnElement compiles as text does
         )
         for suffix, base, check_suffix, check, _ in JOB_DOMAINS
     ]
@@ -167,7 +190,7 @@ class ScheduledJobRow(TablePrefixMixin):
     name: Mapped[str] = _domain_column("name")
     job_type: Mapped[str] = _domain_column("job_type")
     misfire: Mapped[str] = _domain_column("misfire", server_default="coalesce")
-    status: Mapped[str] = _domain_column("status", server_default="pending")
+    status: Mapped[str] = _domain_column("status", server_default=JobStatus.PENDING.value)
     # Attempts made for the current tick (recurring) or run request (one-time); 1-based once claimed.
     attempt: Mapped[int] = _domain_column("attempt", server_default="0")
     # retries = N allows N + 1 attempts; NULL (pgs_0006): the handler's, resolved by the node that
@@ -183,35 +206,43 @@ class ScheduledJobRow(TablePrefixMixin):
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
         n = cls.__names__
+        pending, running = JobStatus.PENDING.value, JobStatus.RUNNING.value
         return (
             sa.PrimaryKeyConstraint("key", name=n.job("pkey")),
             # status, job_type, misfire, the three counts and the name: see JOB_DOMAINS.
             # running <=> a lease is held; a running row also names its node and last heartbeat.
             sa.CheckConstraint(
-                "((status = 'running') = (lease_id IS NOT NULL)) AND "
-                "(status <> 'running' OR (node_id IS NOT NULL AND heartbeat_at IS NOT NULL))",
+                sa.and_(
+                    _is("status", running) == sa.literal_column("lease_id").is_not(None),
+                    sa.or_(
+                        sa.literal_column("status") != sa.literal(running, sa.Text),
+                        sa.literal_column("node_id").is_not(None)
+                        & sa.literal_column("heartbeat_at").is_not(None),
+                    ),
+                ),
                 name=n.job("lease_ck"),
             ),
             sa.CheckConstraint(
-                "(job_type = 'recurring') = (cron IS NOT NULL)", name=n.job("cron_ck")
+                _is("job_type", JobType.RECURRING.value) == sa.literal_column("cron").is_not(None),
+                name=n.job("cron_ck"),
             ),
             sa.CheckConstraint(
-                "status <> 'pending' OR (next_run IS NOT NULL AND scheduled_at IS NOT NULL)",
+                sa.or_(
+                    sa.literal_column("status") != sa.literal(pending, sa.Text),
+                    sa.literal_column("next_run").is_not(None)
+                    & sa.literal_column("scheduled_at").is_not(None),
+                ),
                 name=n.job("next_run_ck"),
             ),
             # Serves the claim: the few due rows among many pending ones, in due order.
-            sa.Index(n.job("due_ix"), "next_run", postgresql_where=sa.text("status = 'pending'")),
+            sa.Index(n.job("due_ix"), "next_run", postgresql_where=_is("status", pending)),
             # Serves the stall rescue: only running rows, by heartbeat age.
-            sa.Index(
-                n.job("running_ix"),
-                "heartbeat_at",
-                postgresql_where=sa.text("status = 'running'"),
-            ),
+            sa.Index(n.job("running_ix"), "heartbeat_at", postgresql_where=_is("status", running)),
             # Serves retention cleanup of finished one-time jobs.
             sa.Index(
                 n.job("finished_ix"),
                 "finished_at",
-                postgresql_where=sa.text("status IN ('completed', 'failed', 'cancelled')"),
+                postgresql_where=one_of("status", [s.value for s in _FINISHED_ORDER]),
             ),
             # No index on name (pgs_0003): each would take a new entry at every claim and outcome.
             {
@@ -237,7 +268,7 @@ class JobRunRow(TablePrefixMixin):
     attempt: Mapped[int] = mapped_column(sa.Integer)
     node_id: Mapped[str] = mapped_column(sa.Text)
     lease_id: Mapped[uuid.UUID] = mapped_column(postgresql.UUID(as_uuid=True))
-    status: Mapped[str] = mapped_column(sa.Text, server_default="running")
+    status: Mapped[str] = mapped_column(sa.Text, server_default=RunStatus.RUNNING.value)
     started_at: Mapped[dt.datetime] = mapped_column(TIMESTAMP, server_default=sa.func.now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(TIMESTAMP)
     duration_ms: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -249,9 +280,7 @@ class JobRunRow(TablePrefixMixin):
         return (
             sa.PrimaryKeyConstraint("id", name=n.run("pkey")),
             sa.CheckConstraint(
-                "status IN ('running', 'completed', 'failed', 'cancelled', 'skipped', 'lost', "
-                "'released')",
-                name=n.run("status_ck"),
+                one_of("status", [s.value for s in RunStatus]), name=n.run("status_ck")
             ),
             sa.UniqueConstraint("lease_id", name=n.run("lease_uq")),
             # The index of a job's history, newest first (the tick, then the attempt). No other

@@ -1,5 +1,5 @@
 """``python -m pg_scheduler.cli``: how the demo starts its nodes."""
 
-from .base import main
+from .entry import main
 
 main()

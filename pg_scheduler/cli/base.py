@@ -1,9 +1,10 @@
-"""The ``pg-scheduler`` command's plumbing: entry point, exit codes, URLs and one-line errors.
+"""What every part of the ``pg-scheduler`` command shares: exit codes, one-line errors, words, and
+the database a command works on (its URL, table prefix and schema).
 
-This module imports neither click nor rich: ``main()`` checks that the ``cli`` extra is installed
-before loading the commands (``pg_scheduler.commands``), so a plain ``pip install pg-scheduler``
-gets one line naming the extra instead of a traceback. Whatever ends a command becomes one line on
-stderr, ``pg-scheduler: error: <problem>: <fix>``, and an exit code:
+The bottom layer of ``pg_scheduler.cli``: it imports nothing else from the package, and neither
+click nor rich, so ``pg_scheduler.cli.entry.main`` can report a missing ``cli`` extra with it.
+Whatever ends a command becomes one line on stderr, ``pg-scheduler: error: <problem>: <fix>``,
+and an exit code:
 
 * 0: done;
 * 1: the command could not do its job (database unreachable, tables not installed, unknown job
@@ -17,18 +18,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Sequence
-from importlib.util import find_spec
 from typing import Any
 
 import sqlalchemy as sa
 
 from pg_scheduler import migrations
-from pg_scheduler.errors import ConfigError, PgSchedulerError
+from pg_scheduler.errors import ConfigError
 from pg_scheduler.naming import Names
-
-CLI_EXTRA_HINT = "pip install 'sqlalchemy-pg-scheduler[cli]'"
-CLI_REQUIREMENTS = ("click", "rich")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -71,30 +67,6 @@ def first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(orig).__name__
-
-
-def describe(exc: BaseException) -> tuple[str, int]:
-    """The one-line message and the exit code for an exception that ended a command."""
-    import click  # only called once main() has made sure click is there
-
-    if isinstance(exc, click.UsageError):
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        return f"{exc.format_message()}{where}", EXIT_USAGE
-    if isinstance(exc, click.ClickException):
-        return exc.format_message(), exc.exit_code
-    if isinstance(exc, CliError):
-        return str(exc), exc.exit_code
-    if isinstance(exc, ConfigError):
-        return str(exc), EXIT_USAGE
-    if isinstance(exc, PgSchedulerError):
-        return first_line(exc), EXIT_FAILURE
-    if isinstance(exc, sa.exc.DBAPIError):
-        return f"database error: {first_line(exc)}", EXIT_FAILURE
-    return (
-        f"unexpected {type(exc).__name__}: {first_line(exc)} "
-        f"(rerun with --traceback or {TRACEBACK_ENV}=1 to see where)",
-        EXIT_FAILURE,
-    )
 
 
 def report(message: str) -> None:
@@ -248,30 +220,3 @@ def known_revision(revision: str) -> bool:
         return scripts.get_revision(revision) is not None
     except CommandError:
         return False
-
-
-# ---------------------------------------------------------------------------------------- main
-def missing_requirements() -> list[str]:
-    """The ``cli`` extra's packages that are not importable."""
-
-    def importable(name: str) -> bool:
-        try:
-            return find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
-            return False
-
-    return [name for name in CLI_REQUIREMENTS if not importable(name)]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``pg-scheduler`` with ``argv`` (default: ``sys.argv[1:]``) and exit with its code."""
-    missing = missing_requirements()
-    if missing:
-        report(
-            f"the command-line interface needs {' and '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed: {CLI_EXTRA_HINT}"
-        )
-        sys.exit(EXIT_FAILURE)
-    from .commands import cli
-
-    cli.main(args=list(argv) if argv is not None else None, prog_name="pg-scheduler")

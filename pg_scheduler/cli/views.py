@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from pg_scheduler.db.records import JobRecord, NodeRecord, RunRecord
+from pg_scheduler import JobRecord, NodeRecord, RunRecord
 
 STATUS_STYLE = {
     "pending": "yellow",

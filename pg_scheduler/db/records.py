@@ -1,4 +1,6 @@
-"""Immutable snapshots of rows, handed out by the repository (never live ORM objects).
+"""The repository's values: immutable snapshots of rows (never live ORM objects), what its
+methods take (``RecurringSpec``, ``OneTimeSpec``, ``Outcome``) and what they report
+(``FinishResult``, ``TakeBackResult``, ``CancelResult``).
 
 Snapshots are safe to keep after the transaction that read them has ended, to pass between
 threads, and to use from asyncio code (no lazy loads).
@@ -7,6 +9,7 @@ threads, and to use from asyncio code (no lazy loads).
 from __future__ import annotations
 
 import datetime as dt
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pg_scheduler.cron import CronSchedule, MisfirePolicy
+from pg_scheduler.errors import ConfigError
 from pg_scheduler.params import decode_params
 from pg_scheduler.states import JobStatus, JobType, RunStatus
+
+#: Error texts are kept, but bounded: a traceback of a deep recursion must not bloat a row.
+MAX_ERROR_LENGTH = 8000
 
 
 @dataclass(frozen=True)
@@ -158,3 +166,112 @@ class NodeRecord:
 
 
 _NODE_FIELDS = tuple(NodeRecord.__dataclass_fields__)
+
+
+# ---------------------------------------------------------------- what the repository is given
+@dataclass(frozen=True)
+class RecurringSpec:
+    """What ``upsert_recurring`` needs to know about a recurring job."""
+
+    name: str
+    schedule: CronSchedule
+    retries: int = 0
+    misfire: MisfirePolicy = "coalesce"
+    misfire_grace: dt.timedelta = dt.timedelta(minutes=1)
+
+    # What ``ticks.next_tick`` reads: a job being scheduled has no tick yet.
+    @property
+    def cron(self) -> str:
+        return self.schedule.expression
+
+    @property
+    def timezone(self) -> str:
+        return self.schedule.timezone
+
+    @property
+    def scheduled_at(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class OneTimeSpec:
+    """One run request of a one-time job. ``retries`` None: the handler's, resolved by the node
+    that claims the job (stored as NULL until then)."""
+
+    name: str
+    params: Any = None
+    retries: int | None = None
+    run_at: dt.datetime | None = None
+
+
+def check_retries(retries: object, *, unsaid: bool = False) -> None:
+    """Refuse a ``retries`` that is not a non-negative integer (``ConfigError``)."""
+    # Refused here, not by the CHECK constraint: a database error would not say which value.
+    # ``unsaid``: None is allowed (a one-time job's retries, left to its handler).
+    if unsaid and retries is None:
+        return
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
+
+
+def check_run_at(run_at: object) -> None:
+    if run_at is not None and (not isinstance(run_at, dt.datetime) or run_at.utcoffset() is None):
+        # Drivers disagree by hours on naive timestamps into timestamptz; refuse them.
+        raise ConfigError(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the node that ran it saw it."""
+
+    status: RunStatus  # completed, failed, cancelled or skipped
+    duration_ms: int = 0
+    error: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, duration_ms: int) -> Outcome:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(RunStatus.FAILED, duration_ms, describe_error(exc, text))
+
+
+def describe_error(exc: BaseException, formatted: str | None = None) -> str:
+    """``Type: message`` then the traceback, cut to ``MAX_ERROR_LENGTH`` keeping both ends."""
+    head = f"{type(exc).__qualname__}: {exc}"
+    text = f"{head}\n{formatted}" if formatted else head
+    if len(text) > MAX_ERROR_LENGTH:
+        half = MAX_ERROR_LENGTH // 2
+        text = f"{text[:half]}\n... [truncated] ...\n{text[-half:]}"
+    return text.replace("\x00", "\\x00")
+
+
+# ---------------------------------------------------------------- what it reports
+@dataclass(frozen=True)
+class FinishResult:
+    """What an outcome write did. ``applied`` is False when the lease was no longer ours."""
+
+    applied: bool
+    status: JobStatus | None = None
+    next_run: dt.datetime | None = None
+    already_recorded: bool = False
+
+
+@dataclass(frozen=True)
+class TakeBackResult:
+    """Jobs taken back from a node (rescue of stalled leases, or release at shutdown)."""
+
+    pending: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.pending) + len(self.failed)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """``cancelled``: the job will not run; ``requested``: it is running, its holder was asked."""
+
+    key: str
+    cancelled: bool
+    requested: bool
+    node_id: str | None = None

@@ -1,5 +1,5 @@
-"""The heartbeat: renews every lease of this node in one statement, on its own thread and its own
-connection, so neither busy jobs nor an exhausted pool can starve it.
+"""The heartbeat: renews every lease of this node in one statement, on a connection of its own
+(``Stream.HEARTBEAT``), so neither busy jobs nor an exhausted pool can starve it.
 
 A lease that the statement does not return is lost (another node rescued the job while this one
 was paused or cut off): the job's cancellation is set and its outcome will not be written. Cancel
@@ -9,22 +9,17 @@ requests made from other nodes are picked up here too.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
-
-from pg_scheduler.db.connections import connect
+from pg_scheduler.db.outages import DatabaseErrors
 from pg_scheduler.db.repository import JobRepository
-from pg_scheduler.db.timeouts import set_local_timeouts
-from pg_scheduler.runtime.workers import Inflight, RunningJob, StopReason
-
-if TYPE_CHECKING:
-    from pg_scheduler.scheduler import Scheduler
+from pg_scheduler.node.inflight import Inflight
+from pg_scheduler.node.running import RunningJob, StopReason
+from pg_scheduler.node.runtime import Runtime, Stream
+from pg_scheduler.node.service import Service
 
 
 @dataclass(frozen=True)
@@ -34,85 +29,58 @@ class HeartbeatResult:
     cancel_requested: tuple[uuid.UUID, ...] = ()
 
 
-class Heartbeat:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self._conn: sa.Connection | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+class Heartbeat(Service):
+    name = "heartbeat"
 
-    def _connection(self) -> sa.Connection:
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = connect(self.scheduler.engine)
-            self.scheduler.name_connection(self._conn, "heartbeat")
-            self._conn.commit()
-        return self._conn
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        node_id: str,
+        inflight: Inflight,
+        job_names: Callable[[], list[str]],
+        register_node: Callable[[JobRepository], None],
+        interval: float,
+        errors: DatabaseErrors,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        super().__init__(runtime)
+        self.node_id = node_id
+        self.inflight = inflight
+        self.job_names = job_names
+        self.register_node = register_node
+        self.interval = interval
+        self.errors = errors
+        self.log = log
 
-    def run_once(self) -> HeartbeatResult:
-        """Renew this node's leases and mark the node alive; act on lost leases and cancel requests."""
-        s = self.scheduler
-        with self._lock:
-            running = s.inflight.snapshot()
-            try:
-                conn = self._connection()
-                with (
-                    s.deadlines.guard(conn.connection.dbapi_connection, "a heartbeat"),
-                    Session(bind=conn) as session,
-                    session.begin(),
-                ):
-                    set_local_timeouts(session, s.config)
-                    held, requested = renew(
-                        JobRepository(session, s.models),
-                        s.node_id,
-                        [r.lease_id for r in running],
-                        s.registered_names(),
-                        s.register_node,
-                    )
-            except Exception:
-                self._discard()
-                raise
-        return settle(running, held, requested, inflight=s.inflight, node_id=s.node_id, log=s.log)
-
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:
-                pass
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._loop, name="pg_scheduler-heartbeat", daemon=True
+    async def run_once(self) -> HeartbeatResult:
+        """Renew this node's leases and mark the node alive; act on lost leases and cancel
+        requests."""
+        running = self.inflight.snapshot()
+        leases = [r.lease_id for r in running]
+        names = self.job_names()
+        held, requested = await self.runtime.db(
+            lambda repo: renew(repo, self.node_id, leases, names, self.register_node),
+            Stream.HEARTBEAT,
         )
-        self._thread.start()
+        return settle(
+            running, held, requested, inflight=self.inflight, node_id=self.node_id, log=self.log
+        )
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except Exception:
-                    pass
-                self._conn = None
-
-    def _loop(self) -> None:
-        interval = self.scheduler.config.heartbeat_interval.total_seconds()
-        while not self._stop.wait(interval):
+    async def loop(self) -> None:
+        delay = self.interval
+        while True:
+            await self.wakeup.wait(delay)
+            if self.stopping:
+                return
+            self.wakeup.clear()
             try:
-                self.run_once()
+                await self.run_once()
+                delay = self.interval
             except Exception as exc:
                 # Retry soon: a few missed beats are fine, the lease is several intervals long.
-                self.scheduler.database_error("heartbeat", exc, retry_in=min(1.0, interval))
-                self._stop.wait(min(1.0, interval))
-
-
-# ---------------------------------------------------------------------- shared with AsyncScheduler
+                delay = min(1.0, self.interval)
+                self.errors.report("heartbeat", exc, retry_in=delay)
 
 
 def renew(

@@ -7,16 +7,15 @@ soon after start (the original waited a full timeout period: 14 days for the orp
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pg_scheduler.config import SchedulerConfig
+from pg_scheduler.db.outages import DatabaseErrors
 from pg_scheduler.db.repository import JobRepository
-
-if TYPE_CHECKING:
-    from pg_scheduler.scheduler import Scheduler
+from pg_scheduler.node.runtime import Runtime
+from pg_scheduler.node.service import Service
 
 FIRST_PASS_DELAY_SECONDS = 1.0
 
@@ -30,60 +29,56 @@ class MaintenanceResult:
     rescue_skipped: bool = False
 
 
-class Maintenance:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+class Maintenance(Service):
+    name = "maintenance"
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        config: SchedulerConfig,
+        errors: DatabaseErrors,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        super().__init__(runtime)
+        self.config = config
+        self.errors = errors
+        self.log = log
         self._last_cleanup = float("-inf")
         self.passes = 0
         """Passes run so far (tests wait on it)."""
 
-    def run_once(self, *, cleanup: bool | None = None) -> MaintenanceResult:
+    async def run_once(self, *, cleanup: bool | None = None) -> MaintenanceResult:
         """One pass: the stall rescue and the orphan sweep (both held back for a while after a
         database error), and the cleanup of finished jobs when its interval has passed (or when
         ``cleanup`` says so)."""
-        s = self.scheduler
-        cfg = s.config
+        cfg, log, db = self.config, self.log, self.runtime.db
         now = time.monotonic()
         cleanup, skip_rescue = plan(
-            cfg, now - self._last_cleanup, s.seconds_since_database_error(), cleanup
+            cfg, now - self._last_cleanup, self.errors.seconds_since_last(), cleanup
         )
         rescued = failed = cleaned = orphans = 0
         if not skip_rescue:
-            with s.transaction() as repo:
-                rescued, failed = rescue(repo, cfg, s.log)
-            with s.transaction() as repo:
-                orphans = sweep(repo, cfg, s.log)
+            rescued, failed = await db(lambda repo: rescue(repo, cfg, log))
+            orphans = await db(lambda repo: sweep(repo, cfg, log))
         if cleanup:
-            with s.transaction() as repo:
-                cleaned = clean(repo, cfg, s.log)
+            cleaned = await db(lambda repo: clean(repo, cfg, log))
             self._last_cleanup = now
         self.passes += 1
         return MaintenanceResult(rescued, failed, cleaned, orphans, skip_rescue)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._loop, name="pg_scheduler-maintenance", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        interval, delay = pass_interval(self.scheduler.config)
-        while not self._stop.wait(delay):
+    async def loop(self) -> None:
+        interval, delay = pass_interval(self.config)
+        while True:
+            await self.wakeup.wait(delay)
+            if self.stopping:
+                return
+            self.wakeup.clear()
             delay = interval
             try:
-                self.run_once()
+                await self.run_once()
             except Exception as exc:
-                self.scheduler.database_error("maintenance", exc, retry_in=interval)
-
-
-# ---------------------------------------------------------------------- shared with AsyncScheduler
+                self.errors.report("maintenance", exc, retry_in=interval)
 
 
 def pass_interval(cfg: SchedulerConfig) -> tuple[float, float]:

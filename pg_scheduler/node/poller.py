@@ -7,17 +7,17 @@ time without fast polling, and an idle node sends almost nothing.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from pg_scheduler.db.outages import DatabaseErrors
 from pg_scheduler.db.records import ClaimedJob
 from pg_scheduler.db.repository import JobRepository
-
-if TYPE_CHECKING:
-    from pg_scheduler.scheduler import Scheduler
+from pg_scheduler.node.inflight import Inflight
+from pg_scheduler.node.registry import JobRegistry
+from pg_scheduler.node.runtime import Runtime, Stream
+from pg_scheduler.node.service import Service
 
 # Wake this long after the next due time so that, by the database clock, the job is due.
 _DUE_MARGIN_SECONDS = 0.001
@@ -36,90 +36,95 @@ class PollResult:
     wait_seconds: float | None
 
 
-class Poller:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+class Poller(Service):
+    name = "poller"
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        node_id: str,
+        registry: JobRegistry,
+        inflight: Inflight,
+        cap: int,
+        interval: float,
+        dispatch: Callable[[ClaimedJob], None],
+        errors: DatabaseErrors,
+    ) -> None:
+        super().__init__(runtime)
+        self.node_id = node_id
+        self.registry = registry
+        self.inflight = inflight
+        self.cap = cap
+        self.interval = interval
+        self.dispatch = dispatch
+        self.errors = errors
         # How many free slots are worth waking the poller for (see ``slot_freed``).
         self._wake_at_free = 1
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def slot_freed(self) -> None:
         """A job's code ended, or its lease left the node: wake the poller if that made enough
         slots free. While it gathers slots that is half of them, so a pass of 32 jobs costs the
         poller one wake-up instead of one per ending job (each a thread switch)."""
-        s = self.scheduler
-        if s.inflight.free_slots(s.config.max_concurrent_jobs) >= self._wake_at_free:
-            self._wake.set()
+        if self.inflight.free_slots(self.cap) >= self._wake_at_free:
+            self.wakeup.set()
 
-    def run_once(self) -> PollResult:
-        """Claim as many due jobs as there are free slots and hand them to the workers."""
-        s = self.scheduler
+    async def run_once(self) -> PollResult:
+        """Claim as many due jobs as there are free slots and start them."""
         # A job whose code has ended no longer takes a slot while its outcome is being written:
         # the next claim overlaps that write instead of waiting for it.
-        free = s.inflight.free_slots(s.config.max_concurrent_jobs)
-        names, retries = s.claimable()
+        free = self.inflight.free_slots(self.cap)
+        names, retries = self.registry.claimable()
         if free <= 0 or not names:
             return PollResult(0, max(free, 0), None)
+
+        def claim(repo: JobRepository) -> tuple[list[ClaimedJob], float | None]:
+            return claim_due(
+                repo, self.node_id, names, free, on_claimed=self._dispatch, retries=retries
+            )
+
         # Autocommit: the claim is one atomic statement and the next-due look-up only reads, so
         # BEGIN and COMMIT would be two more round trips on every pass. The claim is committed
         # when it returns, so its jobs start at once: before the look-up, and even if it fails.
-        with s.autocommit(s.claim_connection) as repo:
-            claimed, wait = claim_due(
-                repo, s.node_id, names, free, on_claimed=self._dispatch, retries=retries
-            )
+        claimed, wait = await self.runtime.db(claim, Stream.CLAIM)
         return PollResult(len(claimed), free, wait)
 
     def _dispatch(self, claimed: list[ClaimedJob]) -> None:
         for job in claimed:
-            self.scheduler.dispatch(job)
+            self.dispatch(job)
 
-    def start(self, *, immediately: bool) -> None:
+    def start(self, *, immediately: bool = False) -> None:
         if immediately:
-            self._wake.set()
-        self._thread = threading.Thread(target=self._loop, name="pg_scheduler-poller", daemon=True)
-        self._thread.start()
+            self.wakeup.set()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        s = self.scheduler
-        interval = s.config.job_check_interval.total_seconds()
-        self._wake.wait(interval)
+    async def loop(self) -> None:
+        await self.wakeup.wait(self.interval)
         failures = 0
         slot_bound = False
-        while not self._stop.is_set():
+        while not self.stopping:
             if slot_bound:
-                self._gather_slots()
+                await self._gather_slots()
             # Clear before polling: a wake-up that arrives during the pass is kept for the next.
-            self._wake.clear()
+            self.wakeup.clear()
             try:
-                result = self.run_once()
+                result = await self.run_once()
                 failures = 0
             except Exception as exc:
                 failures += 1
-                delay = failure_delay(failures, interval)
-                s.database_error("poll", exc, retry_in=delay)
-                self._wake.wait(delay)
+                delay = failure_delay(failures, self.interval)
+                self.errors.report("poll", exc, retry_in=delay)
+                await self.wakeup.wait(delay)
                 continue
             slot_bound = is_slot_bound(result)
-            self._wake.wait(sleep_after(result, interval))
+            await self.wakeup.wait(sleep_after(result, self.interval))
 
-    def _gather_slots(self) -> None:
+    async def _gather_slots(self) -> None:
         """Woken because a slot came free while the node was full: give the other jobs that are
         ending at this moment a chance to free theirs, so the pass claims them together. Without
         it a busy node alternated between a pass for the one job that ended first and a pass for
         all the rest, each with its own round trip and WAL flush."""
-        s = self.scheduler
-        enough = max(1, s.config.max_concurrent_jobs // 2)
+        enough = max(1, self.cap // 2)
         deadline = time.monotonic() + GATHER_SECONDS
         # From now on an ending job wakes the poller only once ``enough`` slots are free. The
         # threshold is set before the look below: a job ending after the look sees it.
@@ -127,20 +132,13 @@ class Poller:
         try:
             while True:
                 # Clear, then look, then wait: a wake-up after the look is not lost.
-                self._wake.clear()
+                self.wakeup.clear()
                 left = deadline - time.monotonic()
-                if (
-                    s.inflight.free_slots(s.config.max_concurrent_jobs) >= enough
-                    or left <= 0
-                    or self._stop.is_set()
-                ):
+                if self.inflight.free_slots(self.cap) >= enough or left <= 0 or self.stopping:
                     return
-                self._wake.wait(left)
+                await self.wakeup.wait(left)
         finally:
             self._wake_at_free = 1
-
-
-# ---------------------------------------------------------------------- shared with AsyncScheduler
 
 
 def claim_due(

@@ -10,7 +10,8 @@ import datetime as dt
 import threading
 from typing import Any, NamedTuple
 
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec, RecurringSpec
+from pg_scheduler.db.records import OneTimeSpec, RecurringSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.errors import DuplicateJobError
 from pg_scheduler.jobs import FunctionJob, Job, JobConfig
 from pg_scheduler.states import JobType

@@ -26,8 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, Outcome
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pg_scheduler.db.connections import switch_to_autocommit
-from pg_scheduler.db.repository import PLANNER_SETTINGS_SQL, JobRepository
+from pg_scheduler.db.queries import PLANNER_SETTINGS_SQL
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import TestServer

@@ -19,8 +19,10 @@ import sqlalchemy as sa
 
 from pg_scheduler import Scheduler
 from pg_scheduler.db import fastpath as direct
+from pg_scheduler.db import queries
 from pg_scheduler.db.connections import switch_to_autocommit
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec, Outcome
+from pg_scheduler.db.records import OneTimeSpec, Outcome
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import JobStatus, RunStatus
@@ -58,11 +60,10 @@ def autocommit_conn(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def test_hot_statements_have_a_direct_form(engine: sa.Engine, models: Models) -> None:
-    repo = JobRepository(None, models)  # type: ignore[arg-type]  # building only
     statements = {
-        "enqueue": repo._with_notify(repo._insert_one_time_stmt()),
-        "claim": repo._claim_template(),
-        "complete": repo._complete_one_time_stmt(),
+        "enqueue": queries.with_notify(models, queries.insert_one_time(models)),
+        "claim": queries.claim(models),
+        "complete": queries.complete_one_time(models),
     }
     for name, statement in statements.items():
         form = direct.direct_form(statement, engine.dialect)

@@ -25,7 +25,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from pg_scheduler import __version__, migrations
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.errors import (
     MigrationError,
     SchemaNotInstalledError,

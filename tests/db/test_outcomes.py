@@ -8,8 +8,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import FinishResult, Outcome
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
 from pg_scheduler.models import Models
 from pg_scheduler.runtime.outcomes import OutcomeWriter
 from pg_scheduler.states import JobStatus, RunStatus

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pg_scheduler.cron import CronSchedule
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec, RecurringSpec
+from pg_scheduler.db.records import OneTimeSpec, RecurringSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.errors import (
     ConfigError,
     InvalidJobNameError,

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import JobRepository, Outcome
+from pg_scheduler.db.records import ClaimedJob, Outcome
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.errors import InvalidStateError
 from pg_scheduler.models import Models
 from pg_scheduler.states import JobStatus, RunStatus

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from pg_scheduler.config import RetryBackoff
 from pg_scheduler.cron import CronSchedule
-from pg_scheduler.db.records import ClaimedJob
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec, Outcome, RecurringSpec
+from pg_scheduler.db.records import ClaimedJob, OneTimeSpec, Outcome, RecurringSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.states import JobStatus, RunStatus

@@ -7,7 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import build_models
 from tests.support.cluster import Cluster
 

@@ -265,7 +265,7 @@ def test_read_only_database_backs_off_with_a_bounded_log_rate(
     assert_invariants(c, horizon=FAST["no_heartbeat_timeout"] + 3)
     # Every service keeps retrying (it has to notice the recovery), but each logs at most one line
     # per DB_ERROR_LOG_SECONDS: poll, heartbeat, maintenance and the outcome write, a few each.
-    from pg_scheduler.scheduler import DB_ERROR_LOG_SECONDS
+    from pg_scheduler.db.outages import DB_ERROR_LOG_SECONDS
 
     per_service = int(window // DB_ERROR_LOG_SECONDS) + 2
     assert all(0 < n <= 4 * per_service for n in lines), lines

@@ -116,7 +116,7 @@ def _tick(engine: sa.Engine, models: Models, key: str) -> dt.datetime:
     with repository(engine, models) as repo:
         (claimed,) = repo.claim("dst-node", [key], 1)
     with repository(engine, models) as repo:
-        from pg_scheduler.db.repository import Outcome
+        from pg_scheduler.db.records import Outcome
 
         result = repo.finish(claimed, Outcome(RunStatus.COMPLETED, 1))
     assert result.applied and result.next_run is not None

@@ -133,13 +133,13 @@ def test_outcomes_that_end_together_are_written_together(async_url: str, names: 
 
     async def main() -> None:
         async with node(async_url, names, max_concurrent_jobs=20) as s:
-            write_outcomes = s.write_outcomes
+            write_outcomes = s.runtime.outcomes._write_group
 
             async def counted(items: Any) -> Any:
                 groups.append(len(items))
                 return await write_outcomes(items)
 
-            s.workers.outcomes._write_group = counted
+            s.runtime.outcomes._write_group = counted
 
             @s.one_time("quick")
             async def quick(ctx: JobContext) -> None:

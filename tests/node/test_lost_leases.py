@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from pg_scheduler import JobStatus
 from pg_scheduler.cli.views import jobs_table
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import Models
 from pg_scheduler.testing import wait_until
 from tests.support.cluster import Cluster

@@ -20,8 +20,10 @@ from pg_scheduler import (
     SchedulerConfig,
     errors,
 )
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.naming import Names
+from pg_scheduler.runtime.threads import drive
 from pg_scheduler.testing import wait_until
 from tests.support.jobs import Recording
 
@@ -216,7 +218,7 @@ def test_an_enqueue_sent_twice_is_written_once(make_scheduler: Any) -> None:
             raise errors.DatabaseUnavailableError("server closed the connection unexpectedly")
         return keys
 
-    assert s._insert(insert_then_lose_the_reply, ["twice#fixed"]) == ["twice#fixed"]
+    assert drive(s.node._insert(insert_then_lose_the_reply, ["twice#fixed"])) == ["twice#fixed"]
     assert len(sent) == 1, "the second send met the first one's row"
     assert [j.key for j in s.list_jobs(name="twice")] == ["twice#fixed"]
 

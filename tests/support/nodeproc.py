@@ -247,15 +247,16 @@ def build(spec: dict[str, Any]) -> Scheduler:
         scheduler.schedule_job(CATALOG[name](config))
     pause = spec.get("hooks", {}).get("before_outcome")
     if pause is not None:
-        finish = scheduler._finish
+        attempts = scheduler.node.attempts
+        finish = attempts.finish
 
-        def finish_later(running: Any, outcome: Any) -> None:
+        async def finish_later(running: Any, outcome: Any, **options: Any) -> None:
             # The job's code has returned (its side effect is done); the outcome is not written yet.
             print(f"OUTCOME_PENDING {running.claimed.key}", flush=True)
-            time.sleep(float(pause))
-            finish(running, outcome)
+            time.sleep(float(pause))  # the thread runtime: this blocks the job's worker thread
+            await finish(running, outcome, **options)
 
-        scheduler._finish = finish_later  # type: ignore[method-assign]
+        attempts.finish = finish_later  # type: ignore[method-assign]
     return scheduler
 
 

@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 
 from pg_scheduler import JobContext, JobStatus, RetryBackoff, Scheduler, SchedulerConfig
 from pg_scheduler.aio import AsyncScheduler
-from pg_scheduler.db.repository import JobRepository, OneTimeSpec
+from pg_scheduler.db.records import OneTimeSpec
+from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import build_models
 from pg_scheduler.naming import Names
 

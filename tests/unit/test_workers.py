@@ -6,7 +6,8 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from pg_scheduler.runtime.workers import Inflight, RunningJob
+from pg_scheduler.node.inflight import Inflight
+from pg_scheduler.node.running import RunningJob
 
 
 def lease() -> RunningJob:

@@ -1,0 +1,425 @@
+"""The asyncio runtime (``AsyncScheduler``): each attempt and each service is a task on the
+application's event loop; ``async def`` job code runs in its attempt's task, synchronous job code
+on worker threads (so it can never block the loop).
+
+Every repository call runs through SQLAlchemy's ``run_sync`` on a connection of the application's
+``AsyncEngine``: the same ``JobRepository`` as the thread runtime's, so the SQL is written once.
+As on threads, the node's hot statements (claims, grouped outcomes, enqueues) run in autocommit on
+connections the node keeps, one per stream, with the repository built once per connection.
+
+When a job is asked to stop (shutdown, lost lease, ``cancel_job``) the task running its async code
+is cancelled once, so it sees ``CancelledError`` as well as ``ctx.cancelled``; its outcome is
+written once its code has really stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import select
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from pg_scheduler.config import SchedulerConfig
+from pg_scheduler.db.connections import pool_can_spare
+from pg_scheduler.db.outages import translate_error, unavailable
+from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
+from pg_scheduler.db.repository import JobRepository
+from pg_scheduler.db.sessions import MakeRepository, application_name
+from pg_scheduler.db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
+from pg_scheduler.errors import DatabaseUnavailableError, PgSchedulerError, SchemaNotInstalledError
+from pg_scheduler.jobs import Job, JobContext, is_async_callable
+from pg_scheduler.node.attempt import shutdown_hook_failed
+from pg_scheduler.node.running import RunningJob
+from pg_scheduler.node.runtime import Stream, group_stream
+from pg_scheduler.runtime.listen import AsyncListener
+from pg_scheduler.runtime.outcomes import AsyncOutcomeWriter
+from pg_scheduler.runtime.workers import WorkerPool, running_loop
+
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+_KEPT_STREAMS = (Stream.CLAIM, Stream.OUTCOME, Stream.ENQUEUE)
+
+
+class AsyncWakeup:
+    """``asyncio.Event`` as a ``Wakeup``; ``set`` from another thread goes through the loop."""
+
+    __slots__ = ("_event", "_loop")
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def set(self) -> None:
+        loop = self._loop
+        if loop is None or running_loop() is loop:
+            self._event.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._event.set)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout: float | None) -> bool:
+        self._loop = asyncio.get_running_loop()
+        if self._event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class _Kept:
+    """One connection kept in autocommit for one stream; used by one task at a time."""
+
+    __slots__ = ("busy", "conn", "repo")
+
+    def __init__(self) -> None:
+        self.conn: AsyncConnection | None = None
+        self.repo: JobRepository | None = None
+        self.busy = False
+
+
+class AsyncRuntime:
+    """The ``Runtime`` of ``AsyncScheduler`` (see the module docstring)."""
+
+    name = "asyncio"
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        engine: AsyncEngine,
+        session_factory: Callable[[], AsyncSession],
+        *,
+        repository: MakeRepository,
+        not_installed: Callable[[], PgSchedulerError],
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.session_factory = session_factory
+        self.repository = repository
+        self.not_installed = not_installed
+        self.on_schema_missing: Callable[[], None] = lambda: None
+        self.node_id = ""
+        self.listener = AsyncListener(engine, config.names.channel, lambda payload: None)
+        self._deadline = (
+            None
+            if config.statement_timeout is None
+            else config.statement_timeout.total_seconds() + CLIENT_GRACE_SECONDS
+        )
+        # As on threads, only where the driver shows its socket, so a connection the server
+        # closed is seen before it is used (psycopg); others take a pooled connection each time.
+        self._keep = engine.dialect.driver == "psycopg" and pool_can_spare(engine.sync_engine.pool)
+        self._kept = {stream: _Kept() for stream in _KEPT_STREAMS}
+        self._heartbeat: AsyncConnection | None = None
+        self._heartbeat_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._attempts: set[asyncio.Future[Any]] = set()
+        self._pool: WorkerPool | None = None  # started on the first synchronous hook
+        self.outcomes = AsyncOutcomeWriter(self._write_group)
+
+    def wakeup(self) -> AsyncWakeup:
+        return AsyncWakeup()
+
+    # ------------------------------------------------------------------ database
+    async def db(self, fn: Callable[[JobRepository], T], stream: Stream = Stream.TRANSACTION) -> T:
+        """Bounded like the thread runtime's: ``statement_timeout`` on the server for a
+        transaction, and a client-side deadline a second later (a black-holed network never
+        answers); the call is then cancelled and SQLAlchemy discards the connection."""
+        try:
+            if self._deadline is None:
+                return await self._db(fn, stream)
+            return await asyncio.wait_for(self._db(fn, stream), self._deadline)
+        except asyncio.TimeoutError as exc:
+            logger.warning(
+                "a transaction took longer than %.1fs; it was abandoned",
+                self._deadline,
+                extra={"event": "db.timeout", "what": "a transaction"},
+            )
+            raise DatabaseUnavailableError(
+                f"database unavailable ({self.engine.url.render_as_string(hide_password=True)}):"
+                f" no answer within {self._deadline:.1f}s"
+            ) from exc
+        except sa.exc.DBAPIError as exc:
+            error = translate_error(exc, self.engine.url, self.not_installed)
+            if error is None:
+                raise
+            if isinstance(error, SchemaNotInstalledError):
+                self.on_schema_missing()
+            raise error from exc
+        except OSError as exc:
+            raise unavailable(exc, self.engine.url) from exc
+
+    async def _db(self, fn: Callable[[JobRepository], T], stream: Stream) -> T:
+        if stream in _KEPT_STREAMS:
+            kept = self._kept[stream]
+            if self._keep and not kept.busy:
+                return await self._on_kept(kept, fn)
+            stream = Stream.AUTOCOMMIT
+        if stream is Stream.AUTOCOMMIT:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await conn.run_sync(lambda sync: fn(self.repository(sync, direct=True)))
+        if stream is Stream.HEARTBEAT:
+            return await self._on_heartbeat(fn)
+
+        def work(session: Any) -> T:
+            set_local_timeouts(session, self.config)
+            return fn(self.repository(session))
+
+        session = self.session_factory()
+        async with session, session.begin():
+            return await session.run_sync(work)
+
+    async def _on_kept(self, kept: _Kept, fn: Callable[[JobRepository], T]) -> T:
+        kept.busy = True
+        try:
+            conn = kept.conn
+            if conn is None or conn.closed or conn.invalidated or not _idle_and_sound(conn):
+                await self._drop(kept)
+                conn = kept.conn = await self.engine.connect()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+            def call(sync: sa.Connection) -> T:
+                if kept.repo is None or kept.repo.session is not sync:
+                    kept.repo = self.repository(sync, direct=True)
+                return fn(kept.repo)
+
+            try:
+                return await conn.run_sync(call)
+            except BaseException:
+                await self._drop(kept)
+                raise
+        finally:
+            kept.busy = False
+
+    async def _drop(self, kept: _Kept) -> None:
+        conn, kept.conn, kept.repo = kept.conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()
+
+    async def _on_heartbeat(self, fn: Callable[[JobRepository], T]) -> T:
+        if self._heartbeat_lock is None:
+            self._heartbeat_lock = asyncio.Lock()
+        async with self._heartbeat_lock:
+            try:
+                conn = self._heartbeat
+                if conn is None or conn.closed or conn.invalidated:
+                    conn = self._heartbeat = await self.engine.connect()
+                    name = application_name(self.node_id, "heartbeat")
+                    await conn.execute(
+                        sa.select(sa.func.set_config("application_name", name, False))
+                    )
+                    await conn.commit()
+
+                def work(session: Any) -> T:
+                    set_local_timeouts(session, self.config)
+                    return fn(self.repository(session))
+
+                async with AsyncSession(bind=conn) as session, session.begin():
+                    return await session.run_sync(work)
+            except BaseException:
+                conn, self._heartbeat = self._heartbeat, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                        await conn.close()
+                raise
+
+    async def on_connection(self, fn: Callable[[sa.Connection], None], *, commit: bool) -> None:
+        async with self.engine.connect() as conn:
+            await conn.run_sync(fn)
+            if commit:
+                await conn.commit()
+
+    async def _write_group(
+        self, items: Sequence[tuple[ClaimedJob, Outcome]]
+    ) -> Sequence[FinishResult]:
+        return await self.db(lambda repo: repo.finish_many(items), group_stream(items))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> None:
+        pass  # tasks need nothing started; worker threads start with the first sync hook
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str = "task") -> None:
+        """Run ``coro`` in the background; a failure is logged."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error(
+                    "background %s failed: %r",
+                    what,
+                    t.exception(),
+                    extra={"event": "scheduler.background_failed"},
+                )
+
+        task.add_done_callback(done)
+
+    def serve(self, loop: Coroutine[Any, Any, None], name: str) -> Callable[[], None]:
+        task = asyncio.create_task(loop, name=name)
+
+        def cancel() -> None:
+            task.cancel()
+
+        return cancel
+
+    def launch(self, attempt: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(attempt, name=name)
+        self._attempts.add(task)  # held: the loop keeps only weak references to tasks
+        task.add_done_callback(self._attempts.discard)
+
+    async def run_code(self, running: RunningJob, *, here: bool = False) -> BaseException | None:
+        """Run the attempt's hooks as a task of its own, which ``running.stop()`` cancels (once)
+        when the job is async; wait for that task to end whatever the job does with the
+        cancellation."""
+        attempt = asyncio.create_task(self._hooks(running))
+        if running.job.is_async:
+            loop = asyncio.get_running_loop()
+
+            def cancel() -> None:
+                if running_loop() is loop:
+                    attempt.cancel()
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(attempt.cancel)
+
+            running.on_stop = cancel
+            if running.stop_reason is not None:  # asked to stop before the task existed
+                attempt.cancel()
+        # wait() rather than ``await attempt``: a task cancelled before its first step ends
+        # cancelled without running _hooks, and that is this attempt's outcome, not ours.
+        await asyncio.wait({attempt})
+        if attempt.cancelled():
+            return asyncio.CancelledError()
+        return attempt.result()
+
+    async def _hooks(self, running: RunningJob) -> BaseException | None:
+        """``init``, ``run``, then ``shutdown`` whatever happened; returns the exception that
+        failed the attempt (``CancelledError`` included), or None (as ``workers.execute``)."""
+        job, ctx = running.job, running.ctx
+        error: BaseException | None = None
+        try:
+            await self._call(job.init, ctx)
+            await self._call(job.run, ctx)
+        except BaseException as exc:
+            error = exc
+        finally:
+            try:
+                await self._call(job.shutdown, ctx)
+            except BaseException as exc:
+                shutdown_hook_failed(ctx, exc)
+        return error
+
+    async def _call(self, hook: Callable[[JobContext], Any], ctx: JobContext) -> Any:
+        if is_async_callable(hook):
+            return await hook(ctx)
+        if getattr(hook, "__func__", None) in (Job.init, Job.shutdown):
+            return None  # the base class's empty hooks: no thread hop for nothing
+        result = await self._in_thread(hook, ctx)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    async def _in_thread(self, hook: Callable[[JobContext], Any], ctx: JobContext) -> Any:
+        """Run synchronous job code on a worker thread and wait for it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        def work() -> None:
+            try:
+                value, error = hook(ctx), None
+            except BaseException as exc:
+                value, error = None, exc
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, value, error)
+
+        if self._pool is None:
+            self._pool = WorkerPool(self.config.max_concurrent_jobs, "pg_scheduler")
+        self._pool.submit(work)
+        # A thread cannot be interrupted: a cancellation of this task waits for the code to
+        # return (it sees ctx.cancelled), so the attempt never ends while its code still runs.
+        while True:
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if future.done():
+                    return future.result()
+
+    def write_outcome(
+        self, claimed: ClaimedJob, outcome: Outcome
+    ) -> Awaitable[FinishResult | None]:
+        return self.outcomes.write(claimed, outcome)
+
+    async def hop(self) -> None:
+        pass  # the group writer is a task of its own: nothing waits on this one
+
+    # ------------------------------------------------------------------ listener and stop
+    def start_listener(self, on_notify: Callable[[str], None]) -> None:
+        self.listener.on_notify = on_notify
+        self.listener.start()
+
+    async def stop_listener(self) -> None:
+        await self.listener.stop()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        self._stop_pool()
+        for kept in self._kept.values():
+            await self._drop(kept)
+        conn, self._heartbeat = self._heartbeat, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def after_pending(self) -> None:
+        self._stop_pool()
+        for kept in self._kept.values():
+            await self._drop(kept)
+
+    def _stop_pool(self) -> None:
+        pool, self._pool = self._pool, None  # a later synchronous hook starts a new one
+        if pool is not None:
+            pool.stop()
+
+
+def _idle_and_sound(conn: AsyncConnection) -> bool:
+    """Whether a kept connection is still usable, without a round trip (see
+    ``connections.idle_and_sound``)."""
+    try:
+        driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+        fileno = driver.fileno()
+    except Exception:
+        return False
+    try:
+        readable, _, _ = select.select([fileno], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
