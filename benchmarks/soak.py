@@ -3,7 +3,7 @@
     python -m benchmarks.soak --duration 60          # or: python benchmarks/soak.py
     python -m benchmarks.soak --url postgresql+psycopg://…  --jobs 20000 --nodes 4
 
-Starts ``--nodes`` node processes (tests/nodeproc.py) on a fresh table prefix, schedules three
+Starts ``--nodes`` node processes (tests/support/nodeproc.py) on a fresh table prefix, schedules three
 per-second recurring jobs, enqueues ``--jobs`` one-time jobs in batches over the first half of the
 run, and every 2-5 s (seeded) kills a random node with SIGKILL and starts a replacement. After
 ``--duration`` seconds the killing stops and the remaining jobs drain (at most ``--drain-timeout``,
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pg_scheduler import embedded, migrations
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import unique_prefix
-from tests.cluster import FAST, Cluster, Node
 from tests.faults.helpers import enqueue_many
+from tests.support.cluster import FAST, Cluster, Node
 
 RECURRING = {name: "* * * * * *" for name in ("tick", "tick2", "tick3")}
 JOB_RETRIES = 5  # a job can be hit by several kills in a row; it must still end completed

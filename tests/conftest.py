@@ -69,7 +69,7 @@ def cluster(  # type: ignore[no-untyped-def]
 ):
     """Start real node processes on this test's tables (as the application's role); all are
     stopped at teardown."""
-    from tests.cluster import Cluster
+    from tests.support.cluster import Cluster
 
     c = Cluster(
         pg_scheduler_app_url, names, engine, admin=owner_engine, grant_to=pg_scheduler_runtime_role

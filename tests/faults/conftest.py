@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from pg_scheduler import embedded, migrations
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import unique_prefix, wait_until
-from tests.cluster import Cluster
 from tests.faults.proxy import Proxy
+from tests.support.cluster import Cluster
 
 
 @dataclass

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from pg_scheduler.db.records import OneTimeSpec
 from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.models import build_models
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 
 def enqueue(cluster: Cluster, name: str, params: Any = None, *, retries: int = 3) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 # No tick ran twice: a recurring job's tick has at most one completed run.
 NO_TICK_TWICE = """

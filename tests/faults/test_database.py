@@ -11,11 +11,11 @@ from typing import Literal
 import pytest
 
 from pg_scheduler.testing import wait_until
-from tests.cluster import FAST, Cluster
 from tests.faults.conftest import FaultServer, since, write_measurement
 from tests.faults.helpers import enqueue_many, runs, safe_scalar, status, statuses
 from tests.faults.invariants import assert_invariants
 from tests.faults.proxy import Proxy
+from tests.support.cluster import FAST, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -285,7 +285,7 @@ def test_two_nodes_migrating_a_fresh_prefix_at_once(fault_db: FaultServer) -> No
     from pg_scheduler import migrations
     from pg_scheduler.naming import Names
     from pg_scheduler.testing import unique_prefix
-    from tests.test_migrations import WAITERS_SQL
+    from tests.db.test_migrations import WAITERS_SQL
 
     names = Names(prefix=unique_prefix())
     c = Cluster(fault_db.url, names, fault_db.engine)

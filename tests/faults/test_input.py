@@ -17,7 +17,7 @@ from pg_scheduler import Job, JobConfig, JobContext, JobStatus, Scheduler, error
 from pg_scheduler.models import Models
 from pg_scheduler.naming import Names
 from pg_scheduler.testing import wait_until
-from tests.factories import ago, count_jobs, make_job, make_node, update_job
+from tests.support.factories import ago, count_jobs, make_job, make_node, update_job
 
 
 def nested(depth: int) -> Any:

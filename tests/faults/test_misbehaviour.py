@@ -1,6 +1,6 @@
 """Jobs that misbehave: a job that hangs and ignores cancellation, and exceptions outside the
 ``Exception`` hierarchy from async jobs. (Exception, KeyboardInterrupt and SystemExit from sync
-jobs are in test_scheduler.py.)
+jobs are in tests/node/test_contract.py.)
 
 Documented behaviour for a hung job: Python cannot kill a thread, so while its node lives the job
 keeps its worker slot and its heartbeat keeps its lease (a hang is not a crash; there is no

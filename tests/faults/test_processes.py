@@ -1,6 +1,6 @@
 """Process faults: a node killed between its job's side effect and the outcome write, SIGTERM with
 short and long jobs in flight, a job that kills its own process, twenty nodes racing for every
-tick. (kill -9 mid-job and SIGSTOP fencing are in tests/test_cluster.py.)"""
+tick. (kill -9 mid-job and SIGSTOP fencing are in tests/node/test_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import time
 import pytest
 
 from pg_scheduler.testing import wait_until
-from tests.cluster import FAST, Cluster
 from tests.faults.conftest import since, write_measurement
 from tests.faults.helpers import enqueue_many, runs, status
 from tests.faults.invariants import assert_invariants
+from tests.support.cluster import FAST, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -22,11 +22,11 @@ from pg_scheduler.cron import CronSchedule
 from pg_scheduler.models import Models
 from pg_scheduler.states import JobStatus, RunStatus
 from pg_scheduler.testing import wait_until
-from tests.cluster import FAST, Cluster
-from tests.factories import make_job, repository
 from tests.faults.conftest import write_measurement
 from tests.faults.helpers import enqueue_many, runs, status
 from tests.faults.invariants import assert_invariants
+from tests.support.cluster import FAST, Cluster
+from tests.support.factories import make_job, repository
 
 UTC = dt.timezone.utc
 
