@@ -92,13 +92,9 @@ class AsyncScheduler:
         return self.node.registry.get(name)
 
     async def schedule_job(self, job: Job) -> str:
-        """Register ``job`` and schedule it. Returns the job key.
-
-        A recurring job is a declaration: before ``start()`` it is only recorded (no database
-        needed), and ``start()`` writes its row; once started, its row is created or updated at
-        once. A one-time job is enqueued at once with its config's params. Once started, it may
-        be awaited on another thread's event loop too: the write runs on the scheduler's loop.
-        """
+        """Register ``job`` and schedule it; returns the job key (as ``Scheduler.schedule_job``).
+        Once started, it may be awaited on another thread's event loop too: the write runs on
+        the scheduler's loop."""
         self.register(job)
         if self.node.declare(job.config):
             return job.name  # a recurring job's key is its name
@@ -186,13 +182,8 @@ class AsyncScheduler:
         run_at: dt.datetime | None = None,
         session: AsyncSession | None = None,
     ) -> str:
-        """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key.
-
-        With ``session`` (the application's ``AsyncSession``), the insert joins that session's
-        transaction: the job exists if and only if the caller commits. ``retries`` left unsaid
-        (None) is resolved from the handler by the node that claims the job; an explicit value
-        wins. Nodes are woken by NOTIFY when the transaction commits.
-        """
+        """Enqueue one run of the one-time job ``name`` with JSON ``params``; returns its key. As
+        ``Scheduler.enqueue``; ``session`` is the application's ``AsyncSession``."""
         if session is not None:
             spec = OneTimeSpec(name, params, retries, run_at)
             return await session.run_sync(lambda s: self.node.repository(s).insert_one_time(spec))
@@ -262,10 +253,7 @@ class AsyncScheduler:
         return self.node.running
 
     async def shutdown(self, timeout: dt.timedelta | None = None) -> None:
-        """Stop claiming, ask running jobs to stop (async jobs' tasks are cancelled), wait up to
-        ``shutdown_timeout`` for them, and hand back the ones still running. Records every outcome
-        that arrives in time. When it returns, no row is ``running`` under this node's leases.
-        Calling it twice is harmless."""
+        """As ``Scheduler.shutdown``; running ``async def`` jobs see their task cancelled."""
         await self.node.shutdown(timeout)
 
     async def __aenter__(self) -> AsyncScheduler:
@@ -275,14 +263,9 @@ class AsyncScheduler:
         await self.shutdown()
 
     async def run_pending(self) -> list[RunRecord]:
-        """Run what is due, here and now: for tests and scripts, on a scheduler never started.
-
-        As ``Scheduler.run_pending``: writes the recurring jobs declared so far, then claims due
-        jobs registered here one at a time and runs each, ``async def`` code in the calling
-        loop (synchronous code on a worker thread, as a started node runs it), until none is
-        due; writes each outcome and returns the run records of those attempts, in order. On a
-        started scheduler it raises ``SchedulerStateError``.
-        """
+        """Run what is due, here and now, on a scheduler never started (as
+        ``Scheduler.run_pending``): ``async def`` code in the calling loop, synchronous code on a
+        worker thread; returns the run records of those attempts, in order."""
         return await self.node.run_pending()
 
 

@@ -18,7 +18,7 @@ from benchmarks.peers import _harness
 from benchmarks.profiles.profile_drain import arguments, installed
 from pg_scheduler.node.attempt import attempt_outcome, new_context
 from pg_scheduler.node.running import RunningJob
-from pg_scheduler.runtime.workers import execute
+from pg_scheduler.runtime.threads import drive
 
 BATCH = 32
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 for one in claimed:
                     running = RunningJob(one, job, new_context(one, node.node_id, node.log))
                     node.inflight.add(running)
-                    error = execute(running, None)
+                    error = drive(node.runtime.run_code(running))
                     items.append((one, attempt_outcome(running, error, 0)))
                     node.inflight.end_code(running)
                 t2 = time.thread_time()

@@ -113,6 +113,30 @@ class Attempts:
         report_outcome(self.log, claimed, outcome, result)
 
 
+async def run_hooks(
+    running: RunningJob, call: Callable[[Callable[[JobContext], Any]], Awaitable[Any]]
+) -> BaseException | None:
+    """One attempt's code: ``init``, ``run``, then ``shutdown`` whatever happened, each through
+    the runtime's ``call``. Returns the exception that failed the attempt (``BaseException``
+    included: a job raising ``KeyboardInterrupt``, ``SystemExit`` or ``CancelledError`` still
+    gets its outcome recorded), or None on success. A hook the job does not define is skipped."""
+    job = running.job
+    error: BaseException | None = None
+    try:
+        if job.has_init:
+            await call(job.init)
+        await call(job.run)
+    except BaseException as exc:
+        error = exc
+    finally:
+        if job.has_shutdown:
+            try:
+                await call(job.shutdown)
+            except BaseException as exc:
+                shutdown_hook_failed(running.ctx, exc)
+    return error
+
+
 def lease_lost(running: RunningJob) -> bool:
     return running.stop_reason is StopReason.LEASE_LOST
 

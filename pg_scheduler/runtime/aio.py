@@ -33,8 +33,8 @@ from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.db.sessions import MakeRepository, application_name
 from pg_scheduler.db.timeouts import CLIENT_GRACE_SECONDS, set_local_timeouts
 from pg_scheduler.errors import DatabaseUnavailableError, PgSchedulerError, SchemaNotInstalledError
-from pg_scheduler.jobs import Job, JobContext, is_async_callable
-from pg_scheduler.node.attempt import shutdown_hook_failed
+from pg_scheduler.jobs import JobContext, is_async_callable
+from pg_scheduler.node.attempt import run_hooks
 from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
 from pg_scheduler.runtime.listen import AsyncListener
@@ -85,9 +85,6 @@ class AsyncWakeup:
         except asyncio.TimeoutError:
             return False
         return True
-
-
-_EMPTY_HOOKS = (Job.init, Job.shutdown)
 
 
 class _Canceller:
@@ -352,25 +349,10 @@ class AsyncRuntime:
             canceller.disarm()
 
     async def _hooks(self, running: RunningJob) -> BaseException | None:
-        """``init``, ``run``, then ``shutdown`` whatever happened; returns the exception that
-        failed the attempt (``CancelledError`` included), or None (as ``workers.execute``)."""
-        job, ctx = running.job, running.ctx
-        error: BaseException | None = None
-        try:
-            await self._call(job.init, ctx)
-            await self._call(job.run, ctx)
-        except BaseException as exc:
-            error = exc
-        finally:
-            try:
-                await self._call(job.shutdown, ctx)
-            except BaseException as exc:
-                shutdown_hook_failed(ctx, exc)
-        return error
+        ctx = running.ctx
+        return await run_hooks(running, lambda hook: self._call(hook, ctx))
 
     async def _call(self, hook: Callable[[JobContext], Any], ctx: JobContext) -> Any:
-        if getattr(hook, "__func__", None) in _EMPTY_HOOKS:
-            return None  # the base class's empty hooks: no thread hop for nothing
         if is_async_callable(hook):
             return await hook(ctx)
         result = await self._in_thread(hook, ctx)

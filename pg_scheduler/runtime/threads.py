@@ -24,6 +24,8 @@ from pg_scheduler.db.connections import connect
 from pg_scheduler.db.records import ClaimedJob, FinishResult, Outcome
 from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.db.sessions import SyncDatabase
+from pg_scheduler.jobs import JobContext
+from pg_scheduler.node.attempt import run_hooks
 from pg_scheduler.node.running import RunningJob
 from pg_scheduler.node.runtime import Stream, group_stream
 from pg_scheduler.runtime.listen import Listener
@@ -32,7 +34,7 @@ from pg_scheduler.runtime.workers import (
     CallingThreadLoop,
     EventLoopThread,
     WorkerPool,
-    execute,
+    call_hook,
     running_loop,
 )
 
@@ -237,12 +239,17 @@ class ThreadRuntime:
         self._pool.submit(lambda: launch(attempt))
 
     async def run_code(self, running: RunningJob, *, here: bool = False) -> BaseException | None:
-        if not running.job.is_async:
-            return execute(running, None)
-        loop = self._loop_here() if here else self._loop()
-        if isinstance(loop, CallingThreadLoop):
-            running.on_stop = loop.cancel_current  # cancel_job from another thread
-        return execute(running, loop)
+        loop: EventLoopThread | None = None
+        if running.job.is_async:
+            loop = self._loop_here() if here else self._loop()
+            if isinstance(loop, CallingThreadLoop):
+                running.on_stop = loop.cancel_current  # cancel_job from another thread
+        ctx = running.ctx
+
+        async def call(hook: Callable[[JobContext], Any]) -> Any:
+            return call_hook(hook, ctx, loop)
+
+        return await run_hooks(running, call)
 
     def _loop(self) -> EventLoopThread:
         with self._loop_lock:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pg_scheduler.jobs import JobContext
-from pg_scheduler.node.attempt import shutdown_hook_failed
-from pg_scheduler.node.running import EventLoopDied, RunningJob
+from pg_scheduler.node.running import EventLoopDied
 
 logger = logging.getLogger(__name__)
 
@@ -181,34 +180,6 @@ def call_hook(
             raise RuntimeError("async job hook without an event loop")
         return loop.run(result, ctx.cancelled)
     return result
-
-
-def execute(running: RunningJob, loop: EventLoopThread | None) -> BaseException | None:
-    """Run one attempt: ``init``, ``run``, then ``shutdown`` whatever happened.
-
-    Returns the exception that failed the attempt (``BaseException`` included: a job raising
-    ``KeyboardInterrupt`` or ``SystemExit`` still gets its outcome recorded), or None on success.
-    """
-    job, ctx = running.job, running.ctx
-    error: BaseException | None = None
-    try:
-        if job.has_init:
-            call_hook(job.init, ctx, loop)
-        call_hook(job.run, ctx, loop)
-    except BaseException as exc:
-        error = exc
-    finally:
-        if job.has_shutdown:
-            try:
-                call_hook(job.shutdown, ctx, loop)
-            except BaseException as exc:
-                shutdown_hook_failed(ctx, exc)
-    return error
-
-
-# ---------------------------------------------------------------------- one attempt, both schedulers
-# What follows decides and reports; it does no I/O. Scheduler and AsyncScheduler both use it, so
-# the two cannot drift apart on what an attempt's end means.
 
 
 class CallingThreadLoop(EventLoopThread):
