@@ -96,8 +96,9 @@ class Attempts:
                 lambda repo: repo.release(self.node_id, [claimed.lease_id], reason=outcome.error),
             )
             return
-        result = await self.runtime.write_outcome(claimed, outcome)
-        if result is None:  # the group failed: write it alone, retried while the lease holds
+        # ``run_pending`` writes its outcome alone; a node groups it with the others ending now.
+        result = None if here else await self.runtime.write_outcome(claimed, outcome)
+        if result is None:  # alone, or the group failed: retried while the lease holds
             if not here:
                 await self.runtime.hop()  # not on the group writer's thread
 

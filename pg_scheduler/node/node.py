@@ -55,8 +55,7 @@ from pg_scheduler.states import JobStatus, JobType
 
 T = TypeVar("T")
 
-#: Errors of a database call that may be retried (asyncpg raises plain OSError on connect).
-RETRYABLE = (DatabaseUnavailableError, sa.exc.DBAPIError, OSError)
+RETRYABLE = (DatabaseUnavailableError, sa.exc.DBAPIError, OSError)  # asyncpg: OSError on connect
 
 
 def make_node_id(node_name: str | None = None) -> str:
@@ -222,7 +221,7 @@ class Node:
         while True:
             with self._lock:
                 if not self._declared:
-                    if then is not None:
+                    if then is not None and self.state == "starting":
                         self.state = then
                     return
                 config = self._declared[0]
@@ -260,13 +259,10 @@ class Node:
     async def _insert(
         self, insert: Callable[[JobRepository], list[str]], keys: list[str]
     ) -> list[str]:
-        """Run an enqueue's one statement (the insert and its NOTIFY) in autocommit, on the kept
-        enqueue connection when it is free.
-
-        A connection can die between two enqueues (a restart, a terminated backend) without its
-        socket showing it yet. The statement is then sent once more, on a fresh connection, with
-        the same keys: if the first one did commit before the connection died, the second
-        meets its own rows (a duplicate key) and the enqueue has happened exactly once."""
+        """Run an enqueue's one statement (insert and NOTIFY) on the enqueue stream. A connection
+        can die between two enqueues without its socket showing it yet: the statement is then
+        sent once more, on a fresh connection, with the same keys; if the first did commit, the
+        second meets its own rows (a duplicate key), and the enqueue happened exactly once."""
         try:
             return await self.runtime.db(insert, Stream.ENQUEUE)
         except (DatabaseUnavailableError, sa.exc.InterfaceError, OSError) as exc:
@@ -357,9 +353,13 @@ class Node:
             await self._write_declarations(then="running")
         except BaseException:
             with self._lock:
-                self.state = "new"
+                if self.state == "starting":
+                    self.state = "new"
             await self.runtime.close()
             raise
+        if self.state != "running":  # shutdown() was called while this start ran
+            await self.runtime.close()
+            raise SchedulerStateError("the scheduler was shut down while it was starting")
         if self.config.listen:
             self.runtime.start_listener(self.on_notify)
         self.heartbeat.start()

@@ -122,12 +122,20 @@ class _Canceller:
 class _Kept:
     """One connection kept in autocommit for one stream; used by one task at a time."""
 
-    __slots__ = ("busy", "conn", "repo")
+    __slots__ = ("busy", "conn", "idle", "repo", "used")
 
     def __init__(self) -> None:
         self.conn: AsyncConnection | None = None
         self.repo: JobRepository | None = None
         self.busy = False
+        self.used = 0.0  # the loop's clock at the last use
+        self.idle: asyncio.TimerHandle | None = None
+
+
+#: How long a scheduler that was never started (one that only enqueues) keeps a connection idle
+#: before it gives it back to the pool: a burst of enqueues keeps it, an idle producer holds
+#: nothing (asyncio cannot give a connection back from the garbage collector).
+IDLE_RELEASE_SECONDS = 1.0
 
 
 class AsyncRuntime:
@@ -161,6 +169,7 @@ class AsyncRuntime:
         # closed is seen before it is used (psycopg); others take a pooled connection each time.
         self._keep = engine.dialect.driver == "psycopg" and pool_can_spare(engine.sync_engine.pool)
         self._kept = {stream: _Kept() for stream in _KEPT_STREAMS}
+        self._started = False
         self._heartbeat: AsyncConnection | None = None
         self._heartbeat_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Future[Any]] = set()
@@ -239,14 +248,37 @@ class AsyncRuntime:
                 return fn(kept.repo)
 
             try:
-                return await conn.run_sync(call)
+                result = await conn.run_sync(call)
             except BaseException:
                 await self._drop(kept)
                 raise
+            if not self._started:
+                self._release_when_idle(kept)
+            return result
         finally:
             kept.busy = False
 
+    def _release_when_idle(self, kept: _Kept) -> None:
+        loop = asyncio.get_running_loop()
+        kept.used = loop.time()
+        if kept.idle is None:
+            kept.idle = loop.call_later(IDLE_RELEASE_SECONDS, self._idle_check, kept)
+
+    def _idle_check(self, kept: _Kept) -> None:
+        loop = asyncio.get_running_loop()
+        left = kept.used + IDLE_RELEASE_SECONDS - loop.time()
+        if kept.busy or left > 0:
+            kept.idle = loop.call_later(max(left, 0.01), self._idle_check, kept)
+            return
+        kept.idle = None
+        conn, kept.conn, kept.repo = kept.conn, None, None
+        if conn is not None:
+            self.spawn(conn.close(), "give back an idle connection")
+
     async def _drop(self, kept: _Kept) -> None:
+        if kept.idle is not None:
+            kept.idle.cancel()
+            kept.idle = None
         conn, kept.conn, kept.repo = kept.conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -297,7 +329,9 @@ class AsyncRuntime:
 
     # ------------------------------------------------------------------ running
     def start(self) -> None:
-        pass  # tasks need nothing started; worker threads start with the first sync hook
+        # Tasks need nothing started (worker threads start with the first sync hook); from now on
+        # kept connections stay until ``close``.
+        self._started = True
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str = "task") -> None:
         """Run ``coro`` in the background; a failure is logged."""
@@ -410,6 +444,7 @@ class AsyncRuntime:
         await self.listener.stop()
 
     async def close(self) -> None:
+        self._started = False
         for task in list(self._background):
             task.cancel()
         self._stop_pool()

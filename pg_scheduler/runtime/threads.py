@@ -44,31 +44,36 @@ T = TypeVar("T")
 
 
 class Later:
-    """A value another thread provides: awaiting it parks the coroutine (see ``launch``) until
+    """A value another thread provides: awaiting it parks the attempt (see ``launch``) until
     ``settle`` is called, or returns at once when it was settled before."""
 
-    __slots__ = ("_lock", "_resume", "_settled", "_value")
+    __slots__ = ("_coro", "_lock", "_settled", "_value")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._settled = False
         self._value: Any = None
-        self._resume: Callable[[Any], None] | None = None
+        self._coro: Coroutine[Any, Any, None] | None = None
 
     def settle(self, value: Any) -> None:
         with self._lock:
             self._settled, self._value = True, value
-            resume, self._resume = self._resume, None
-        if resume is not None:
-            resume(value)
+            coro, self._coro = self._coro, None
+        if coro is not None:  # parked: this thread carries it on
+            launch(coro, value)
 
-    def then(self, resume: Callable[[Any], None]) -> None:
-        """Call ``resume(value)`` once settled: now, in this thread, if it already is."""
+    def park(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Leave ``coro`` to whichever thread settles this; False when it is settled already
+        (the caller goes on with ``value``)."""
         with self._lock:
-            if not self._settled:
-                self._resume = resume
-                return
-        resume(self._value)
+            if self._settled:
+                return False
+            self._coro = coro
+            return True
+
+    @property
+    def value(self) -> Any:
+        return self._value
 
     def __await__(self) -> Generator[Later, Any, Any]:
         if self._settled:
@@ -100,33 +105,9 @@ def launch(coro: Coroutine[Any, Any, None], value: Any = None) -> None:
         if not isinstance(parked, Later):  # pragma: no cover - only Later parks here
             coro.close()
             raise RuntimeError(f"an attempt parked on {parked!r}")
-        handoff = _Handoff()
-
-        def resume(result: Any, handoff: _Handoff = handoff) -> None:
-            with handoff.lock:
-                if handoff.inside:  # settled before ``then`` returned: go on in this loop
-                    handoff.ready, handoff.value = True, result
-                    return
-            launch(coro, result)
-
-        parked.then(resume)
-        with handoff.lock:
-            handoff.inside = False
-            if not handoff.ready:
-                return
-        value = handoff.value
-
-
-class _Handoff:
-    """Whether a parked attempt goes on in ``launch``'s own loop or in the settling thread."""
-
-    __slots__ = ("inside", "lock", "ready", "value")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inside = True
-        self.ready = False
-        self.value: Any = None
+        if parked.park(coro):
+            return
+        value = parked.value  # settled meanwhile: go on here
 
 
 class ThreadWakeup:

@@ -100,6 +100,27 @@ def test_async_code_runs_on_the_applications_loop_and_sync_code_off_it(
     asyncio.run(main())
 
 
+def test_a_producer_never_started_gives_its_connection_back_when_idle(
+    async_url: str, names: Names
+) -> None:
+    # A scheduler that only enqueues (never started, never shut down, as in a web app) keeps a
+    # connection for a burst of enqueues, and gives it back to the pool once idle: asyncio cannot
+    # give one back from the garbage collector.
+    async def main() -> None:
+        engine = make_engine(async_url)
+        try:
+            producer = AsyncScheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
+            keys = [await producer.enqueue("anything", {"n": n}) for n in range(20)]
+            assert len(set(keys)) == 20
+            pool: Any = engine.pool
+            await until(lambda: pool.checkedout() == 0, message="the idle connection given back")
+            assert await producer.get_job(keys[-1]) is not None  # and it enqueues on
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
 def test_enqueue_joins_the_applications_async_transaction(async_url: str, names: Names) -> None:
     async def main() -> None:
         async with node(async_url, names) as s:
