@@ -243,6 +243,7 @@ class _AsyncClient:
         await self.scheduler.enqueue(PROBE, {"sample": sample}, run_at=when)
 
     async def close(self) -> None:
+        await self.scheduler.shutdown()  # gives back the connection its enqueues kept
         await self.engine.dispose()
 
 
