@@ -76,7 +76,7 @@ _FINISHED_ORDER = [s for s in JobStatus if s in TERMINAL_STATUSES]
 #: a CHECK on the table (pgs_0005). PostgreSQL prepares a domain's check once per session (its
 #: type cache) but rebuilds a table's CHECK from its stored tree in every statement that writes
 #: the table: about a third of what the eight CHECKs cost each enqueue (~10 us; see
-#: ``benchmarks.profile_insert_cost``). The rules are the same.
+#: ``benchmarks.profiles.profile_insert_cost``). The rules are the same.
 #: (domain suffix, base type, check constraint suffix, check, columns)
 JOB_DOMAINS: tuple[
     tuple[str, type[sa.types.TypeEngine[Any]], str, str | sa.ColumnElement[bool], tuple[str, ...]],

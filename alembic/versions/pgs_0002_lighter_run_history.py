@@ -11,7 +11,7 @@ the runs table is written twice per job; these two served only reads that other 
   (job_key, scheduled_at, attempt)``, which also orders it (the tick, then the attempt).
 - ``finished_ix (finished_at)``: retention pruning walks the primary key from the oldest run.
 
-Dropping them raised a one-node drain of no-op jobs by about 8 % (benchmarks.profile_drain).
+Dropping them raised a one-node drain of no-op jobs by about 8 % (benchmarks.profiles.profile_drain).
 """
 
 from __future__ import annotations

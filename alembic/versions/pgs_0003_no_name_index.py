@@ -9,7 +9,7 @@ The claim and the outcome write each update a job row in a way PostgreSQL cannot
 entry twice per run, and once more at the enqueue. ``name_ix (name)`` served only listings by
 name (``list_jobs(name=...)``, the CLI) and the orphan clean-up, which reads every row that is not
 running anyway; those now read the table. Dropping it took about 11 us of server time off each
-job and raised a one-node drain by about 6 % (``benchmarks.profile_drain``, 5 runs each way).
+job and raised a one-node drain by about 6 % (``benchmarks.profiles.profile_drain``, 5 runs each way).
 """
 
 from __future__ import annotations

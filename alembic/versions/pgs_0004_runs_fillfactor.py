@@ -9,7 +9,7 @@ changes no indexed column stays on its page (a HOT update: no new entry in any o
 three indexes) only when the page has room for the row's new version; with full pages that was
 so for about half of them. With ``fillfactor = 50`` inserts leave half of each page free and
 99 % of the outcome updates are HOT: about 6 us less server time per job and 3-9 % more jobs/s
-in a one-node drain (``benchmarks.profile_drain``, 3 interleaved runs each way). The price is
+in a one-node drain (``benchmarks.profiles.profile_drain``, 3 interleaved runs each way). The price is
 disk: the run history takes about twice the pages. Only pages written from now on are affected;
 no rewrite, and the lock taken (SHARE UPDATE EXCLUSIVE) does not block reads or writes.
 """

@@ -6,14 +6,14 @@ Create Date: 2026-11-28
 
 PostgreSQL rebuilds a table's CHECK constraints from their stored expression trees in every
 statement that writes the table, so a one-row INSERT (an enqueue) paid for all eight each time:
-24-32 us of a ~300 us durable enqueue (``benchmarks.profile_insert_cost``). A domain's check is
+24-32 us of a ~300 us durable enqueue (``benchmarks.profiles.profile_insert_cost``). A domain's check is
 prepared once per session, in the type cache. So the five rules that read one column (status,
 job type, misfire policy, the three counts, the name's length) move onto domains over the
 columns' types, under the same constraint names; the three that relate columns stay on the table.
 The rules are unchanged: a bad value is still refused with SQLSTATE 23514 naming the constraint,
 and clients still read ``text`` and ``integer`` (PostgreSQL reports a domain column as its base
 type). About a third of the rules' cost per statement goes: ``python -m
-benchmarks.profile_insert_cost --rounds 40 --batch 50 --temporary`` gave 141 -> 130 us per INSERT
+benchmarks.profiles.profile_insert_cost --rounds 40 --batch 50 --temporary`` gave 141 -> 130 us per INSERT
 (111 with no rule at all), 299 -> 290 us durable.
 
 No table rewrite: each domain is created without its check, the columns take the domain (which
