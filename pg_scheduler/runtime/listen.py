@@ -68,12 +68,7 @@ class Listener:
         return self.driver in SUPPORTED_DRIVERS
 
     def start(self) -> None:
-        if not self.supported:
-            self.log.info(
-                "driver %s has no LISTEN support here; polling only",
-                self.driver,
-                extra={"event": "notify.unsupported"},
-            )
+        if not listens(self):
             return
         self._thread = threading.Thread(
             target=self._loop, name="pg_scheduler-listener", daemon=True
@@ -169,6 +164,18 @@ class Listener:
         return payloads
 
 
+def listens(listener: Listener | AsyncListener) -> bool:
+    """Whether ``listener``'s driver can LISTEN here; if not, say that the node polls only."""
+    if listener.supported:
+        return True
+    listener.log.info(
+        "driver %s has no LISTEN support here; polling only",
+        listener.driver,
+        extra={"event": "notify.unsupported"},
+    )
+    return False
+
+
 def listen_sql(dialect: sa.Dialect, channel: str) -> str:
     # LISTEN takes an identifier, not a bind parameter, so this is the one statement built as
     # text; the channel comes from validated names and is quoted by the dialect's preparer.
@@ -209,12 +216,7 @@ class AsyncListener:
         return self.driver in ASYNC_DRIVERS
 
     def start(self) -> None:
-        if not self.supported:
-            self.log.info(
-                "driver %s has no LISTEN support here; polling only",
-                self.driver,
-                extra={"event": "notify.unsupported"},
-            )
+        if not listens(self):
             return
         self._task = asyncio.create_task(self._loop(), name="pg_scheduler-listener")
 
