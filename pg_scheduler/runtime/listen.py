@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from pg_scheduler.db.outages import first_line
+from pg_scheduler.db.timeouts import Deadlines
 
 if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, which a synchronous install may lack
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +39,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_DRIVERS = ("psycopg", "psycopg2", "pg8000")
 WAIT_SECONDS = 0.5
 PG8000_POLL_SECONDS = 1.0
-#: How long the async listener stays silent before it checks that its connection still answers.
+#: How long a listener stays silent before it checks that its connection still answers.
 KEEPALIVE_SECONDS = 5.0
 RECONNECT_MAX_SECONDS = 5.0
 
@@ -62,6 +65,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self.connected = threading.Event()
+        self._deadlines: Deadlines | None = None  # made at start, for the keepalive
 
     @property
     def supported(self) -> bool:
@@ -121,8 +125,15 @@ class Listener:
                 backoff = 0.1
                 self.on_notify("")  # whatever was sent while we were not listening
                 wait = getattr(self, f"_wait_{self.driver}")
+                heard = time.monotonic()
                 while not self._stop.is_set():
-                    for payload in wait(self._conn):
+                    payloads = wait(self._conn)
+                    if payloads:
+                        heard = time.monotonic()
+                    elif self.driver != "pg8000" and time.monotonic() - heard >= KEEPALIVE_SECONDS:
+                        payloads = self._keepalive(self._conn)
+                        heard = time.monotonic()
+                    for payload in payloads:
                         self.on_notify(payload)
             except Exception as exc:
                 self.connected.clear()
@@ -137,6 +148,27 @@ class Listener:
                 )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _keepalive(self, conn: Any) -> list[str]:
+        """After ``KEEPALIVE_SECONDS`` of silence, check that the connection still answers: a
+        half-open TCP connection delivers nothing and reports no error. Under a deadline, so a
+        black-holed network cuts the connection off (it raises, and the loop reconnects) instead
+        of hanging. Returns the notifications psycopg2 read meanwhile (psycopg 3 hands those to
+        notify handlers only: like any wake-up lost while the listener is busy, the poller's own
+        timer covers it). pg8000's wait is a ``SELECT 1`` already."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(
+                dt.timedelta(seconds=KEEPALIVE_SECONDS), name="pg_scheduler-listen"
+            )
+        with self._deadlines.guard(conn, "a LISTEN keepalive"):
+            cur = conn.cursor()
+            cur.execute("SELECT 1")
+            cur.close()
+        if self.driver == "psycopg2":
+            payloads = [n.payload for n in conn.notifies]
+            conn.notifies.clear()
+            return payloads
+        return []
 
     def _wait_psycopg(self, conn: Any) -> list[str]:
         # stop_after: return with the first notification. Without it the generator keeps

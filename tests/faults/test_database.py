@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -317,3 +317,44 @@ def test_two_nodes_migrating_a_fresh_prefix_at_once(fault_db: FaultServer) -> No
         with sa.create_engine(fault_db.url, poolclass=sa.pool.NullPool).connect() as conn:
             migrations.downgrade(conn, names=names)
             conn.commit()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_black_holed_listen_connection_is_noticed_and_replaced(
+    fault_db: FaultServer,
+    fault_names: Any,
+    proxy: Proxy,
+    driver: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A LISTEN connection whose network swallows every byte delivers nothing and reports no
+    error. The threaded listener, like the asyncio one, checks a silent connection with a
+    deadline: it drops it and listens again once the network is back."""
+    import sqlalchemy as sa
+
+    from pg_scheduler import Scheduler, SchedulerConfig
+    from pg_scheduler.runtime import listen
+
+    monkeypatch.setattr(listen, "KEEPALIVE_SECONDS", 0.5)
+    engine = sa.create_engine(proxy.url(driver), connect_args={"connect_timeout": 2})
+    timings = {
+        name: dt.timedelta(seconds=seconds)
+        for name, seconds in FAST.items()
+        if name != "retry_backoff"
+    }
+    s = Scheduler(SchedulerConfig(engine=engine, table_prefix=fault_names.prefix, **timings))
+    try:
+        s.start()
+        wait_until(s.listener.connected.is_set, timeout=10, message="listening")
+        proxy.pause()
+        wait_until(
+            lambda: not s.listener.connected.is_set(),
+            timeout=15,
+            message="the silent LISTEN connection dropped",
+        )
+        proxy.resume()
+        wait_until(s.listener.connected.is_set, timeout=20, message="listening again")
+    finally:
+        proxy.resume()
+        s.shutdown(dt.timedelta(seconds=2))
+        engine.dispose()
