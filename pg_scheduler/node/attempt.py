@@ -18,7 +18,7 @@ from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.jobs import Job, JobContext, is_cancellation
 from pg_scheduler.node.inflight import Inflight
 from pg_scheduler.node.running import EventLoopDied, RunningJob, StopReason
-from pg_scheduler.node.runtime import Runtime
+from pg_scheduler.node.runtime import Runtime, group_stream
 from pg_scheduler.states import JobStatus, JobType, RunStatus
 from pg_scheduler.ticks import skip_reason
 
@@ -96,8 +96,11 @@ class Attempts:
                 lambda repo: repo.release(self.node_id, [claimed.lease_id], reason=outcome.error),
             )
             return
-        # ``run_pending`` writes its outcome alone; a node groups it with the others ending now.
-        result = None if here else await self.runtime.write_outcome(claimed, outcome)
+        # A node groups the outcome with the others ending now; ``run_pending`` writes it at once.
+        if here:
+            result = await self._write_now(claimed, outcome)
+        else:
+            result = await self.runtime.write_outcome(claimed, outcome)
         if result is None:  # alone, or the group failed: retried while the lease holds
             if not here:
                 await self.runtime.hop()  # not on the group writer's thread
@@ -112,6 +115,18 @@ class Attempts:
                 report_dropped(self.log, claimed.key)
                 return
         report_outcome(self.log, claimed, outcome, result)
+
+    async def _write_now(self, claimed: ClaimedJob, outcome: Outcome) -> FinishResult | None:
+        """The outcome as a group of one (the same statement and stream), or None if that failed
+        (nothing was written: the caller writes it alone, with retries)."""
+        items = [(claimed, outcome)]
+        try:
+            (result,) = await self.runtime.db(
+                lambda repo: repo.finish_many(items), group_stream(items)
+            )
+        except Exception:
+            return None
+        return result
 
 
 async def run_hooks(
