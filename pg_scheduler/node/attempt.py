@@ -271,7 +271,7 @@ def report_outcome(
             (outcome.error or "").splitlines()[0] if outcome.error else "",
             extra={"event": event, "job_key": key, "next_run": result.next_run},
         )
-    else:
+    elif log.isEnabledFor(logging.DEBUG):  # every run ends here: build nothing for nobody
         log.debug(
             "job %r %s",
             key,
