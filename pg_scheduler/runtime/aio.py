@@ -122,7 +122,7 @@ class _Canceller:
 class _Kept:
     """One connection kept in autocommit for one stream; used by one task at a time."""
 
-    __slots__ = ("busy", "conn", "idle", "repo", "used")
+    __slots__ = ("busy", "conn", "idle", "idle_loop", "repo", "used")
 
     def __init__(self) -> None:
         self.conn: AsyncConnection | None = None
@@ -130,6 +130,7 @@ class _Kept:
         self.busy = False
         self.used = 0.0  # the loop's clock at the last use
         self.idle: asyncio.TimerHandle | None = None
+        self.idle_loop: asyncio.AbstractEventLoop | None = None  # the loop ``idle`` is on
 
 
 #: How long a scheduler that was never started (one that only enqueues) keeps a connection idle
@@ -261,8 +262,13 @@ class AsyncRuntime:
     def _release_when_idle(self, kept: _Kept) -> None:
         loop = asyncio.get_running_loop()
         kept.used = loop.time()
-        if kept.idle is None:
-            kept.idle = loop.call_later(IDLE_RELEASE_SECONDS, self._idle_check, kept)
+        # A producer may enqueue from one ``asyncio.run`` after another: a check left on a loop
+        # that has ended never runs, so the new loop gets one of its own.
+        if kept.idle is None or kept.idle_loop is not loop:
+            kept.idle, kept.idle_loop = (
+                loop.call_later(IDLE_RELEASE_SECONDS, self._idle_check, kept),
+                loop,
+            )
 
     def _idle_check(self, kept: _Kept) -> None:
         loop = asyncio.get_running_loop()

@@ -121,6 +121,29 @@ def test_a_producer_never_started_gives_its_connection_back_when_idle(
     asyncio.run(main())
 
 
+def test_a_producer_gives_its_connection_back_on_each_event_loop_it_enqueues_from(
+    async_url: str, names: Names
+) -> None:
+    # A script may enqueue from one asyncio.run() after another with the same scheduler: the
+    # idle check left on the first (ended) loop never runs, so the second loop needs its own.
+    if "asyncpg" in async_url:
+        pytest.skip("asyncpg's pooled connections belong to the loop that opened them")
+    engine = make_engine(async_url)
+    producer = AsyncScheduler(SchedulerConfig(engine=engine, table_prefix=names.prefix))
+    pool: Any = engine.pool
+
+    async def enqueue_then_wait(wait: bool) -> None:
+        await producer.enqueue("anything")
+        if wait:
+            await until(lambda: pool.checkedout() == 0, message="the idle connection given back")
+
+    try:
+        asyncio.run(enqueue_then_wait(False))
+        asyncio.run(enqueue_then_wait(True))
+    finally:
+        asyncio.run(engine.dispose())
+
+
 def test_enqueue_joins_the_applications_async_transaction(async_url: str, names: Names) -> None:
     async def main() -> None:
         async with node(async_url, names) as s:
