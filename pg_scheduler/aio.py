@@ -22,11 +22,9 @@ from sqlalchemy.orm import sessionmaker
 from pg_scheduler import migrations
 from pg_scheduler.config import SchedulerConfig
 from pg_scheduler.db.records import CancelResult, JobRecord, NodeRecord, OneTimeSpec, RunRecord
-from pg_scheduler.db.repository import JobRepository
 from pg_scheduler.errors import ConfigError, PgSchedulerError, SchedulerStateError
 from pg_scheduler.jobs import FunctionJob, Job, JobConfig
-from pg_scheduler.node.node import Node
-from pg_scheduler.node.runtime import Stream
+from pg_scheduler.node.node import Node, make_node_id
 from pg_scheduler.runtime.aio import AsyncRuntime
 from pg_scheduler.runtime.workers import running_loop
 from pg_scheduler.states import JobStatus, JobType
@@ -55,6 +53,7 @@ class AsyncScheduler:
         self.config = config
         self.engine: AsyncEngine = config.engine
         self.names = config.names
+        self.node_id = make_node_id(config.node_name)
         self.session_factory: Callable[[], AsyncSession] = (
             config.session_factory or async_sessionmaker(self.engine, expire_on_commit=False)
         )
@@ -64,9 +63,9 @@ class AsyncScheduler:
             self.session_factory,
             repository=lambda session, direct=False: self.node.repository(session, direct=direct),
             not_installed=lambda: migrations.not_installed(config.names),
+            node_id=self.node_id,
         )
-        self.node = Node(config, self.runtime, facade="AsyncScheduler")
-        self.runtime.node_id = self.node_id = self.node.node_id
+        self.node = Node(config, self.runtime, facade="AsyncScheduler", node_id=self.node_id)
         self.log = self.node.log
         self.models = self.node.models
         self.inflight = self.node.inflight
@@ -75,10 +74,6 @@ class AsyncScheduler:
         self.heartbeat = self.node.heartbeat
         self.maintenance = self.node.maintenance
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
-
-    async def db(self, fn: Callable[[JobRepository], T], stream: Stream = Stream.TRANSACTION) -> T:
-        """``fn(repository)`` on one of the node's database streams (tools and tests)."""
-        return await self.runtime.db(fn, stream)
 
     # ------------------------------------------------------------------ registry
     def register(self, job: Job) -> Job:

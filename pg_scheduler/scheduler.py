@@ -23,7 +23,6 @@ from pg_scheduler.db.sessions import SyncDatabase
 from pg_scheduler.errors import PgSchedulerError
 from pg_scheduler.jobs import FunctionJob, Job, JobConfig
 from pg_scheduler.node.node import Node, make_node_id
-from pg_scheduler.node.runtime import Stream
 from pg_scheduler.runtime.threads import ThreadRuntime, drive
 from pg_scheduler.states import JobStatus, JobType
 
@@ -44,6 +43,7 @@ class Scheduler:
         self.config = config
         self.engine: sa.Engine = config.engine
         self.names = config.names
+        self.node_id = make_node_id(config.node_name)
         self.session_factory: Callable[[], Session] = config.session_factory or sessionmaker(
             self.engine, expire_on_commit=False
         )
@@ -53,10 +53,10 @@ class Scheduler:
             config,
             repository=lambda session, direct=False: self.node.repository(session, direct=direct),
             not_installed=lambda: migrations.not_installed(config.names),
+            node_id=self.node_id,
         )
         self.runtime = ThreadRuntime(config, self.engine, self.database)
-        self.node = Node(config, self.runtime, facade="Scheduler")
-        self.runtime.node_id = self.node_id = self.node.node_id
+        self.node = Node(config, self.runtime, facade="Scheduler", node_id=self.node_id)
         self.log = self.node.log
         self.models = self.node.models
         self.inflight = self.node.inflight
@@ -237,10 +237,6 @@ class Scheduler:
         ``SchedulerStateError``.
         """
         return drive(self.node.run_pending())
-
-    def db(self, fn: Callable[[JobRepository], T], stream: Stream = Stream.TRANSACTION) -> T:
-        """``fn(repository)`` on one of the node's database streams (tools and tests)."""
-        return self.runtime.call(fn, stream)
 
 
 class _Blocking:

@@ -46,8 +46,10 @@ class SyncDatabase:
         *,
         repository: MakeRepository,
         not_installed: Callable[[], PgSchedulerError],
+        node_id: str,
     ) -> None:
         self.engine = engine
+        self.node_id = node_id  # names the heartbeat's connection
         self.session_factory = session_factory
         self.config = config
         self.repository = repository
@@ -99,11 +101,11 @@ class SyncDatabase:
         return Autocommit(self, kept)
 
     @contextlib.contextmanager
-    def heartbeat(self, node_id: str) -> Iterator[JobRepository]:
+    def heartbeat(self) -> Iterator[JobRepository]:
         """A transaction on the heartbeat's own connection (opened on first use, reopened after
         a failure). One caller at a time (the runtime holds a lock)."""
         try:
-            conn = self._heartbeat_connection(node_id)
+            conn = self._heartbeat_connection()
             with (
                 self.deadlines.guard(conn.connection.dbapi_connection, "a heartbeat"),
                 Session(bind=conn) as session,
@@ -119,11 +121,11 @@ class SyncDatabase:
                     raise error from exc
             raise
 
-    def _heartbeat_connection(self, node_id: str) -> sa.Connection:
+    def _heartbeat_connection(self) -> sa.Connection:
         conn = self._heartbeat_conn
         if conn is None or conn.closed or conn.invalidated:
             conn = self._heartbeat_conn = connect(self.engine)
-            name = application_name(node_id, "heartbeat")
+            name = application_name(self.node_id, "heartbeat")
             conn.execute(sa.select(sa.func.set_config("application_name", name, False)))
             conn.commit()
         return conn

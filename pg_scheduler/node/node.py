@@ -48,7 +48,7 @@ from pg_scheduler.node.heartbeat import Heartbeat
 from pg_scheduler.node.inflight import Inflight
 from pg_scheduler.node.maintenance import Maintenance
 from pg_scheduler.node.poller import Poller
-from pg_scheduler.node.registry import Claimable, JobRegistry, schedule
+from pg_scheduler.node.registry import JobRegistry, schedule
 from pg_scheduler.node.running import StopReason
 from pg_scheduler.node.runtime import Runtime, Stream
 from pg_scheduler.states import JobStatus, JobType
@@ -66,7 +66,9 @@ def make_node_id(node_name: str | None = None) -> str:
 class Node:
     """A node's state and behaviour; ``runtime`` says how it waits and runs code."""
 
-    def __init__(self, config: SchedulerConfig, runtime: Runtime, *, facade: str) -> None:
+    def __init__(
+        self, config: SchedulerConfig, runtime: Runtime, *, facade: str, node_id: str
+    ) -> None:
         self.config = config
         self.facade = facade  # the public class, for messages
         self.runtime = runtime
@@ -76,7 +78,7 @@ class Node:
             "pg_scheduler"
         )
         self.node_name = config.node_name or socket.gethostname()
-        self.node_id = make_node_id(self.node_name)
+        self.node_id = node_id
         self.registry = JobRegistry()
         self.errors = DatabaseErrors(self.log)
         self._emptied = runtime.wakeup()
@@ -132,9 +134,6 @@ class Node:
             direct=direct,
         )
 
-    async def db(self, fn: Callable[[JobRepository], T], stream: Stream = Stream.TRANSACTION) -> T:
-        return await self.runtime.db(fn, stream)
-
     def _schema_missing(self) -> None:
         self._schema_ok = False
 
@@ -189,9 +188,6 @@ class Node:
         if self.state == "running":
             self.poller.wake()
         return job
-
-    def claimable(self) -> Claimable:
-        return self.registry.claimable()
 
     def declare(self, config: JobConfig) -> bool:
         """Record a recurring job's declaration for ``start()``; False when there is nothing to

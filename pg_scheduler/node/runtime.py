@@ -57,22 +57,11 @@ class Wakeup(Protocol):
         ...
 
 
-class Listener(Protocol):
-    """The LISTEN connection that wakes the poller on a NOTIFY."""
-
-    @property
-    def supported(self) -> bool: ...
-
-
 class Runtime(Protocol):
     """How a node waits, calls the database and runs job code."""
 
-    name: str
     on_schema_missing: Callable[[], None]
     """Called when a statement finds the tables missing (the node checks them again)."""
-
-    @property
-    def listener(self) -> Listener: ...
 
     def wakeup(self) -> Wakeup: ...
 

@@ -142,8 +142,6 @@ IDLE_RELEASE_SECONDS = 1.0
 class AsyncRuntime:
     """The ``Runtime`` of ``AsyncScheduler`` (see the module docstring)."""
 
-    name = "asyncio"
-
     def __init__(
         self,
         config: SchedulerConfig,
@@ -152,6 +150,7 @@ class AsyncRuntime:
         *,
         repository: MakeRepository,
         not_installed: Callable[[], PgSchedulerError],
+        node_id: str,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -159,7 +158,7 @@ class AsyncRuntime:
         self.repository = repository
         self.not_installed = not_installed
         self.on_schema_missing: Callable[[], None] = lambda: None
-        self.node_id = ""
+        self.node_id = node_id  # names the heartbeat's connection
         self.listener = AsyncListener(engine, config.names.channel, lambda payload: None)
         self._deadline = (
             None

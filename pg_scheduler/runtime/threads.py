@@ -134,8 +134,6 @@ class ThreadWakeup:
 class ThreadRuntime:
     """The ``Runtime`` of ``Scheduler`` (see the module docstring)."""
 
-    name = "threads"
-
     def __init__(
         self,
         config: SchedulerConfig,
@@ -146,7 +144,6 @@ class ThreadRuntime:
         self.engine = engine
         self.database = database
         self.listener = Listener(engine, config.names.channel, lambda payload: None)
-        self.node_id = ""
         self._heartbeat_lock = threading.Lock()
         self._pool: WorkerPool | None = None
         self._code_loop: EventLoopThread | None = None
@@ -176,7 +173,7 @@ class ThreadRuntime:
             with d.transaction() as repo:
                 return fn(repo)
         if stream is Stream.HEARTBEAT:
-            with self._heartbeat_lock, d.heartbeat(self.node_id) as repo:
+            with self._heartbeat_lock, d.heartbeat() as repo:
                 return fn(repo)
         kept = {
             Stream.CLAIM: d.claim_connection,
