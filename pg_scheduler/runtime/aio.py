@@ -43,7 +43,6 @@ from pg_scheduler.runtime.workers import WorkerPool, running_loop
 
 T = TypeVar("T")
 
-logger = logging.getLogger(__name__)
 
 _KEPT_STREAMS = (Stream.CLAIM, Stream.OUTCOME, Stream.ENQUEUE)
 
@@ -159,7 +158,10 @@ class AsyncRuntime:
         self.not_installed = not_installed
         self.on_schema_missing: Callable[[], None] = lambda: None
         self.node_id = node_id  # names the heartbeat's connection
-        self.listener = AsyncListener(engine, config.names.channel, lambda payload: None)
+        self.log = config.logger or logging.getLogger("pg_scheduler")
+        self.listener = AsyncListener(
+            engine, config.names.channel, lambda payload: None, log=self.log
+        )
         self._deadline = (
             None
             if config.statement_timeout is None
@@ -193,7 +195,7 @@ class AsyncRuntime:
             async with _timeout(self._deadline):  # no task of its own, unlike wait_for
                 return await self._db(fn, stream)
         except asyncio.TimeoutError as exc:
-            logger.warning(
+            self.log.warning(
                 "a transaction took longer than %.1fs; it was abandoned",
                 self._deadline,
                 extra={"event": "db.timeout", "what": "a transaction"},
@@ -225,13 +227,14 @@ class AsyncRuntime:
         if stream is Stream.HEARTBEAT:
             return await self._on_heartbeat(fn)
 
-        def work(session: Any) -> T:
-            set_local_timeouts(session, self.config)
-            return fn(self.repository(session))
-
         session = self.session_factory()
         async with session, session.begin():
-            return await session.run_sync(work)
+            return await session.run_sync(self._bounded, fn)
+
+    def _bounded(self, session: Any, fn: Callable[[JobRepository], T]) -> T:
+        """``fn`` in a transaction bounded by ``statement_timeout`` (inside ``run_sync``)."""
+        set_local_timeouts(session, self.config)
+        return fn(self.repository(session))
 
     async def _on_kept(self, kept: _Kept, fn: Callable[[JobRepository], T]) -> T:
         kept.busy = True
@@ -304,12 +307,8 @@ class AsyncRuntime:
                     )
                     await conn.commit()
 
-                def work(session: Any) -> T:
-                    set_local_timeouts(session, self.config)
-                    return fn(self.repository(session))
-
                 async with AsyncSession(bind=conn) as session, session.begin():
-                    return await session.run_sync(work)
+                    return await session.run_sync(self._bounded, fn)
             except BaseException:
                 conn, self._heartbeat = self._heartbeat, None
                 if conn is not None:
@@ -346,7 +345,7 @@ class AsyncRuntime:
         def done(t: asyncio.Future[Any]) -> None:
             self._background.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                logger.error(
+                self.log.error(
                     "background %s failed: %r",
                     what,
                     t.exception(),

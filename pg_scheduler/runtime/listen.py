@@ -44,8 +44,33 @@ KEEPALIVE_SECONDS = 5.0
 RECONNECT_MAX_SECONDS = 5.0
 
 
-class Listener:
+class _Listening:
+    """What both listeners are: a channel, the callback, the log, and the drivers they serve."""
+
+    drivers: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        engine: sa.Engine | AsyncEngine,
+        channel: str,
+        on_notify: Callable[[str], None],
+        *,
+        log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+    ) -> None:
+        self.channel = channel
+        self.on_notify = on_notify
+        self.log = log
+        self.driver = engine.dialect.driver
+
+    @property
+    def supported(self) -> bool:
+        return self.driver in self.drivers
+
+
+class Listener(_Listening):
     """Listens on ``channel`` and calls ``on_notify(payload)`` for each notification."""
+
+    drivers = SUPPORTED_DRIVERS
 
     def __init__(
         self,
@@ -54,22 +79,14 @@ class Listener:
         on_notify: Callable[[str], None],
         *,
         log: logging.Logger | logging.LoggerAdapter[Any] = logger,
-        application_name: str | None = None,
     ) -> None:
+        super().__init__(engine, channel, on_notify, log=log)
         self.engine = engine
-        self.channel = channel
-        self.on_notify = on_notify
-        self.log = log
-        self.driver = engine.dialect.driver
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self.connected = threading.Event()
         self._deadlines: Deadlines | None = None  # made at start, for the keepalive
-
-    @property
-    def supported(self) -> bool:
-        return self.driver in SUPPORTED_DRIVERS
 
     def start(self) -> None:
         if not listens(self):
@@ -196,7 +213,7 @@ class Listener:
         return payloads
 
 
-def listens(listener: Listener | AsyncListener) -> bool:
+def listens(listener: _Listening) -> bool:
     """Whether ``listener``'s driver can LISTEN here; if not, say that the node polls only."""
     if listener.supported:
         return True
@@ -221,8 +238,10 @@ class ListenerLost(ConnectionError):
     """The LISTEN connection was closed."""
 
 
-class AsyncListener:
+class AsyncListener(_Listening):
     """Listens on ``channel`` and calls ``on_notify(payload)`` (on the loop) for each notification."""
+
+    drivers = ASYNC_DRIVERS
 
     def __init__(
         self,
@@ -232,20 +251,13 @@ class AsyncListener:
         *,
         log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     ) -> None:
+        super().__init__(engine, channel, on_notify, log=log)
         self.engine = engine
-        self.channel = channel
-        self.on_notify = on_notify
-        self.log = log
-        self.driver = engine.dialect.driver
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None
         """The server process of the current LISTEN connection (tests terminate it)."""
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def supported(self) -> bool:
-        return self.driver in ASYNC_DRIVERS
 
     def start(self) -> None:
         if not listens(self):

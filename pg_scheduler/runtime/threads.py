@@ -143,7 +143,8 @@ class ThreadRuntime:
         self.config = config
         self.engine = engine
         self.database = database
-        self.listener = Listener(engine, config.names.channel, lambda payload: None)
+        self.log = config.logger or logging.getLogger("pg_scheduler")
+        self.listener = Listener(engine, config.names.channel, lambda payload: None, log=self.log)
         self._heartbeat_lock = threading.Lock()
         self._pool: WorkerPool | None = None
         self._code_loop: EventLoopThread | None = None
