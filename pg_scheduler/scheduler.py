@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -65,11 +65,9 @@ class Scheduler:
         self.heartbeat = _Blocking(self.node.heartbeat)
         self.maintenance = _Blocking(self.node.maintenance)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[JobRepository]:
+    def transaction(self) -> contextlib.AbstractContextManager[JobRepository]:
         """A repository in a new transaction of the session factory, committed on success."""
-        with self.database.transaction() as repo:
-            yield repo
+        return self.database.transaction()
 
     # ------------------------------------------------------------------ registry
     def register(self, job: Job) -> Job:
